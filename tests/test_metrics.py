@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from toolkit.metrics import (best_null_threshold, best_over_references, f1_score, normalize_answer,
+                             position_metrics, squad_scores)
+
+
+def test_normalisation_drops_case_punctuation_articles_and_spaces():
+    assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+    assert normalize_answer("an apple, a pear") == "apple pear"
+    assert normalize_answer("Thea") == "thea"  # 'the' only as a whole word
+
+
+def test_f1_hand_worked():
+    # pred tokens: [eiffel, tower, paris]; ref: [eiffel, tower]; overlap 2 -> p=2/3, r=1 -> f1=0.8
+    assert f1_score("the Eiffel Tower, Paris", "Eiffel Tower") == pytest.approx(0.8)
+    assert f1_score("", "") == 1.0
+    assert f1_score("something", "") == 0.0
+    assert f1_score("a", "the") == 1.0  # both normalise to empty
+
+
+def test_max_over_references_and_empty_reference_list_means_no_answer():
+    assert best_over_references("Denver Broncos", ["Broncos", "Denver Broncos"]) == (1.0, 1.0)
+    assert best_over_references("", []) == (1.0, 1.0)
+    assert best_over_references("Paris", []) == (0.0, 0.0)
+
+
+def test_squad_scores_with_breakdown():
+    refs = {"a": ["Denver Broncos"], "b": ["1999", "in 1999"], "c": [], "d": []}
+    preds = {"a": "Broncos", "b": "1999", "c": "", "d": "Paris"}
+    s = squad_scores(preds, refs)
+    # a: EM 0, F1 2/3 (p=1, r=1/2); b: 1,1; c: 1,1; d: 0,0
+    assert s["exact"] == pytest.approx(50.0)
+    assert s["f1"] == pytest.approx(100 * (2 / 3 + 1 + 1 + 0) / 4)
+    assert (s["HasAns_total"], s["NoAns_total"]) == (2, 2)
+    assert s["HasAns_f1"] == pytest.approx(100 * (2 / 3 + 1) / 2)
+    assert s["NoAns_exact"] == pytest.approx(50.0)
+
+
+def test_missing_prediction_counts_as_no_answer():
+    assert squad_scores({}, {"a": ["x"], "b": []})["exact"] == pytest.approx(50.0)
+
+
+def test_best_threshold_splits_answerable_from_unanswerable():
+    refs = {"a": ["x"], "b": ["y"], "c": [], "d": []}
+    spans = {"a": "x", "b": "y", "c": "z", "d": "w"}
+    diffs = {"a": -3.0, "b": -1.0, "c": 2.0, "d": 5.0}
+    best = best_null_threshold(spans, diffs, refs)
+    assert best.f1 == pytest.approx(100.0) and best.exact == pytest.approx(100.0)
+    assert -1.0 < best.threshold < 2.0
+    # Applying the threshold reproduces the score.
+    preds = {q: "" if diffs[q] > best.threshold else spans[q] for q in refs}
+    assert squad_scores(preds, refs)["f1"] == pytest.approx(best.f1)
+
+
+def test_best_threshold_respects_ties():
+    refs = {"a": ["x"], "c": []}
+    best = best_null_threshold({"a": "x", "c": "z"}, {"a": 1.0, "c": 1.0}, refs)
+    # a tie can only be split as a whole: both abstain (50) or both answer (50)
+    assert best.f1 == pytest.approx(50.0)
+
+
+def test_position_metrics():
+    start = np.array([[0.1, 2.0, 0.0], [3.0, 0.0, 0.0]])
+    end = np.array([[0.0, 0.0, 5.0], [0.0, 1.0, 0.0]])
+    m = position_metrics(start, end, np.array([1, 0]), np.array([2, 0]))
+    assert m == {"start_acc": 1.0, "end_acc": 0.5, "position_exact": 0.5}

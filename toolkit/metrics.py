@@ -1,0 +1,134 @@
+"""Official SQuAD v1.1/v2.0 scoring, no-answer threshold search and position metrics.
+
+The normalisation and EM/F1 follow the official SQuAD v2.0 evaluation script: an empty prediction
+means "no answer", an unanswerable question's only reference is the empty string, and a prediction
+is scored against the best-matching reference.
+"""
+
+import collections
+import re
+import string
+from dataclasses import dataclass
+
+import numpy as np
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, drop punctuation and articles, collapse whitespace (official SQuAD)."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_score(prediction: str, reference: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def f1_score(prediction: str, reference: str) -> float:
+    pred_tokens = normalize_answer(prediction).split()
+    ref_tokens = normalize_answer(reference).split()
+    if not pred_tokens or not ref_tokens:
+        # No answer on either side: right only if both are empty.
+        return float(pred_tokens == ref_tokens)
+    common = collections.Counter(pred_tokens) & collections.Counter(ref_tokens)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision = overlap / len(pred_tokens)
+    recall = overlap / len(ref_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def best_over_references(prediction: str, references: list[str]) -> tuple[float, float]:
+    """(EM, F1) of one prediction, each the max over its references ([] = unanswerable)."""
+    golds = [r for r in references if normalize_answer(r)] or [""]
+    return (
+        max(exact_score(prediction, g) for g in golds),
+        max(f1_score(prediction, g) for g in golds),
+    )
+
+
+def squad_scores(predictions: dict[str, str], references: dict[str, list[str]]) -> dict:
+    """EM/F1 in percent over every referenced question, with HasAns/NoAns breakdown.
+
+    A question without a prediction counts as answered with "" (no answer).
+    """
+    if not references:
+        raise ValueError("no references to score against")
+    exact, f1, has_answer = {}, {}, {}
+    for qid, refs in references.items():
+        exact[qid], f1[qid] = best_over_references(predictions.get(qid, ""), refs)
+        has_answer[qid] = any(normalize_answer(r) for r in refs)
+    scores = _aggregate(exact, f1, list(references))
+    for name, wanted in (("HasAns", True), ("NoAns", False)):
+        ids = [q for q in references if has_answer[q] is wanted]
+        if ids:
+            part = _aggregate(exact, f1, ids)
+            scores.update({f"{name}_exact": part["exact"], f"{name}_f1": part["f1"],
+                           f"{name}_total": part["total"]})
+    return scores
+
+
+def _aggregate(exact: dict, f1: dict, ids: list[str]) -> dict:
+    return {
+        "exact": 100.0 * sum(exact[q] for q in ids) / len(ids),
+        "f1": 100.0 * sum(f1[q] for q in ids) / len(ids),
+        "total": len(ids),
+    }
+
+
+@dataclass
+class ThresholdResult:
+    threshold: float
+    exact: float
+    f1: float
+
+
+def best_null_threshold(
+    span_texts: dict[str, str],
+    null_score_diffs: dict[str, float],
+    references: dict[str, list[str]],
+) -> ThresholdResult:
+    """Threshold on (null score - best span score) that maximises F1 (official find_best_thresh).
+
+    A question is answered "no answer" when its diff is above the threshold. Starting from
+    "answer everything", the sweep switches questions to no-answer in decreasing diff order.
+    """
+    ids = list(references)
+    span_em, span_f1, null_em, null_f1 = {}, {}, {}, {}
+    for qid in ids:
+        span_em[qid], span_f1[qid] = best_over_references(span_texts.get(qid, ""), references[qid])
+        null_em[qid], null_f1[qid] = best_over_references("", references[qid])
+    em = sum(span_em.values())
+    f1 = sum(span_f1.values())
+    order = sorted(ids, key=lambda q: -null_score_diffs[q])
+    diffs = [null_score_diffs[q] for q in order]
+    best = ThresholdResult(threshold=diffs[0] + 1.0, exact=em, f1=f1)  # never abstain
+    for i, qid in enumerate(order):
+        em += null_em[qid] - span_em[qid]
+        f1 += null_f1[qid] - span_f1[qid]
+        below = diffs[i + 1] if i + 1 < len(diffs) else diffs[i] - 2.0
+        if below < diffs[i] and f1 > best.f1:
+            # Abstain on this one and every question with a larger diff, none with a smaller one.
+            best = ThresholdResult(threshold=(diffs[i] + below) / 2, exact=em, f1=f1)
+    n = len(ids)
+    return ThresholdResult(best.threshold, 100.0 * best.exact / n, 100.0 * best.f1 / n)
+
+
+def position_metrics(
+    start_logits: np.ndarray, end_logits: np.ndarray, start_labels: np.ndarray, end_labels: np.ndarray
+) -> dict:
+    """Per-feature accuracy of the argmax start, end, and both (the reference recipe's table)."""
+    start_pred = start_logits.argmax(-1)
+    end_pred = end_logits.argmax(-1)
+    start_ok = start_pred == start_labels
+    end_ok = end_pred == end_labels
+    return {
+        "start_acc": float(start_ok.mean()),
+        "end_acc": float(end_ok.mean()),
+        "position_exact": float((start_ok & end_ok).mean()),
+    }

