@@ -66,6 +66,19 @@ def squad_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def eval_file(tmp_path_factory) -> Path:
+    """The same questions under other ids: an eval set disjoint from squad_file by id."""
+    fixture = squad_fixture()
+    for article in fixture["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                qa["id"] = "eval-" + qa["id"]
+    path = tmp_path_factory.mktemp("data") / "fixture-eval.json"
+    path.write_text(json.dumps(fixture, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
 def _save_tiny(directory: Path, model, tokenizer, qa_config=None) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

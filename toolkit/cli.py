@@ -78,5 +78,85 @@ def train(config_file, resume, lora_targets, **flags):
                            "metrics": manifest["final_metrics"]["tuned"], "timing": manifest["timing"]}, indent=2))
 
 
+@main.command()
+@click.option("--merge/--no-merge", default=False,
+              help="Merge a LoRA adapter (--adapter) into its base first. Without it, export --model as is.")
+@click.option("--adapter", type=click.Path(), help="A training run's adapter directory (with --merge).")
+@click.option("--model", help="Without --merge: a merged or fully fine-tuned model directory, or a hub name.")
+@click.option("--output-dir", help="Export directory (merged/, onnx/, export_manifest.json). Default: <run>/export.")
+@click.option("--variants", default="fp32,opt,int8,fp16", show_default=True,
+              help="ONNX variants: fp32 (plain), opt (graph-optimised), int8 (dynamic, CPU), fp16 (CUDA only).")
+@click.option("--optimization-level", type=click.IntRange(0, 2), default=2, show_default=True,
+              help="ORTOptimizer level for 'opt' (O3 is not offered: its GELU approximation changes outputs).")
+@click.option("--quantization", type=click.Choice(["auto", "avx512_vnni", "avx512", "avx2", "arm64"]), default="auto",
+              show_default=True, help="int8 instruction set; auto reads this machine's CPU flags.")
+@click.option("--eval-file", help="Parity set (same forms as train). Default: the training run's eval set.")
+@click.option("--eval-samples", type=int, default=500, show_default=True, help="Parity questions (seeded subset).")
+@click.option("--max-em-drop", type=float, default=1.0, show_default=True,
+              help="A variant losing more EM points than this vs PyTorch is marked failed.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output-dir.")
+@fail_clearly
+def export(merge, adapter, model, output_dir, variants, optimization_level, quantization, eval_file, eval_samples,
+           max_em_drop, overwrite):
+    """Export a model to ONNX variants through Optimum and check each against PyTorch."""
+    from toolkit.export import ExportConfig, ExportError
+    from toolkit.export import export as run
+
+    cfg = ExportConfig(adapter=adapter, model=model, output_dir=output_dir, merge=merge,
+                       variants=[v.strip() for v in variants.split(",") if v.strip()],
+                       optimization_level=optimization_level, quantization=quantization, eval_file=eval_file,
+                       eval_samples=eval_samples, max_em_drop=max_em_drop, overwrite=overwrite)
+    try:
+        manifest = run(cfg)
+    except ExportError as e:
+        raise click.ClickException(str(e)) from None
+    table = {name: {k: v[k] for k in ("passed", "size_bytes", "max_abs_logit_diff", "answer_agreement",
+                                      "delta_exact", "delta_f1") if k in v} | ({"reason": v["reason"]} if "reason" in v else {})
+             for name, v in manifest["variants"].items()}
+    click.echo(json.dumps({"default_variant": manifest["default_variant"], "variants": table,
+                           "wall_seconds": manifest["wall_seconds"]}, indent=2))
+
+
+@main.command("serve-batch")
+@click.argument("input_path", metavar="INPUT.jsonl")
+@click.option("--model", required=True, type=click.Path(),
+              help="An export's onnx/ directory (ONNX engine) or an adapter/merged model directory (torch engine).")
+@click.option("-o", "--output", help="Output JSONL, or - for stdout. Default: INPUT with .answers.jsonl.")
+@click.option("--engine", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+              help="auto: ONNX when the directory holds ONNX files, torch otherwise.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto picks CUDA only where it really works; cuda without CUDA is an error.")
+@click.option("--variant", help="ONNX: fp32, opt, int8, fp16 (default: the export's choice for the device). "
+                                "torch: fp32, fp16 (CUDA).")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Most windows per batch.")
+@click.option("--max-batch-tokens", type=int, default=16384, show_default=True,
+              help="Most padded tokens per batch (batches are bucketed by length).")
+@click.option("--threads", type=int, help="Intra-op threads. Default: physical cores.")
+@click.option("--chunk-size", type=int, default=1024, show_default=True,
+              help="Lines read, answered and written at a time (bounds memory).")
+@click.option("--summary-json", type=click.Path(), help="Also write the run summary to this JSON file.")
+@fail_clearly
+def serve_batch(input_path, model, output, engine, device, variant, batch_size, max_batch_tokens, threads,
+                chunk_size, summary_json):
+    """Answer every line of INPUT.jsonl ({"id"?, "question", "context"}) into one output line each."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from toolkit.engine import BatchSettings, EngineError, load_engine
+    from toolkit.serve import serve_batch as run
+
+    if output is None:
+        output = "-" if input_path == "-" else str(Path(input_path).with_suffix(".answers.jsonl"))
+    try:
+        qa_engine = load_engine(model, engine, device, variant, BatchSettings(batch_size, max_batch_tokens), threads)
+    except EngineError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"engine: {qa_engine.predictor.variant} on {qa_engine.predictor.provider}", err=True)
+    summary = asdict(run(qa_engine, input_path, output, chunk_size))
+    click.echo(json.dumps(summary), err=True)
+    if summary_json:
+        Path(summary_json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,223 @@
+"""One predictor interface, two implementations (PyTorch and ONNX Runtime), one inference path.
+
+Both predictors take the same padded batches built from the same features and return start/end
+logits as float32 numpy arrays, so that their answers can be compared one to one.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.config import QAConfig
+from toolkit.features import Features, build_features
+from toolkit.postprocess import Answer, answer_all
+
+ONNX_FILES = {"fp32": "model.onnx", "opt": "model_optimized.onnx", "int8": "model_quantized.onnx",
+              "fp16": "model_fp16.onnx"}
+
+
+class EngineError(RuntimeError):
+    """A predictor that cannot be built as asked (device, provider, variant, files)."""
+
+
+def cuda_available() -> bool:
+    """CUDA that really works: a device torch can see and onnxruntime built with the CUDA provider."""
+    import onnxruntime as ort
+    import torch
+
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def resolve_device(device: str) -> str:
+    if device not in ("auto", "cpu", "cuda"):
+        raise EngineError(f"--device must be auto, cpu or cuda, not '{device}'")
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
+        import onnxruntime as ort
+        import torch
+
+        raise EngineError("--device cuda: no usable CUDA here (torch.cuda.is_available()="
+                          f"{torch.cuda.is_available()}, onnxruntime providers={ort.get_available_providers()}); "
+                          "install qa-toolkit[gpu] on a machine with an NVIDIA GPU, or use --device cpu")
+    return device
+
+
+def default_threads() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+class TorchPredictor:
+    """A transformers or PEFT model (merged or not) on CPU or CUDA."""
+
+    def __init__(self, model, device: str = "cpu", fp16: bool = False):
+        import torch
+
+        self.torch = torch
+        self.device = device
+        self.model = model.to(device).eval()
+        if fp16:
+            self.model = self.model.half()
+        self.provider = f"torch-{device}"
+        self.variant = "torch-fp16" if fp16 else "torch-fp32"
+
+    def logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        torch = self.torch
+        inputs = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+        with torch.inference_mode():
+            out = self.model(**inputs)
+        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+
+
+class OrtPredictor:
+    """An ONNX Runtime session on one provider, checked after creation; IO binding on CUDA."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, variant: str = "fp32"):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        wanted = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+        providers = [wanted] if device == "cpu" else [wanted, "CPUExecutionProvider"]
+        if not Path(path).exists():
+            raise EngineError(f"ONNX file not found: {path}")
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        got = self.session.get_providers()[0]
+        if got != wanted:
+            raise EngineError(f"asked ONNX Runtime for {wanted} but the session runs on {got}")
+        self.ort = ort
+        self.device = device
+        self.provider = got
+        self.variant = variant
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        feed = {k: batch[k] for k in self.input_names}
+        if self.device != "cuda":
+            start, end = self.session.run(["start_logits", "end_logits"], feed)
+            return start.astype(np.float32, copy=False), end.astype(np.float32, copy=False)
+        binding = self.session.io_binding()
+        for name, array in feed.items():
+            binding.bind_ortvalue_input(name, self.ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        binding.bind_output("start_logits", "cuda")
+        binding.bind_output("end_logits", "cuda")
+        self.session.run_with_iobinding(binding)
+        start, end = binding.copy_outputs_to_cpu()
+        return start.astype(np.float32), end.astype(np.float32)
+
+
+def batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Indices grouped by similar length: at most batch_size rows and max_batch_tokens padded tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    out, current = [], []
+    for i in order:
+        longest = max(lengths[i], max((lengths[j] for j in current), default=0))
+        if current and (len(current) + 1 > batch_size or longest * (len(current) + 1) > max_batch_tokens):
+            out.append(current)
+            current = []
+        current.append(i)
+    if current:
+        out.append(current)
+    return out
+
+
+def pad_batch(features: Features, rows: list[int], pad_id: int, pad_to: int | None = None) -> dict[str, np.ndarray]:
+    width = pad_to or max(len(features.inputs["input_ids"][i]) for i in rows)
+    out = {}
+    for name, values in features.inputs.items():
+        fill = pad_id if name == "input_ids" else 0
+        array = np.full((len(rows), width), fill, dtype=np.int64)
+        for r, i in enumerate(rows):
+            array[r, :len(values[i])] = values[i]
+        out[name] = array
+    return out
+
+
+@dataclass
+class BatchSettings:
+    batch_size: int = 32
+    max_batch_tokens: int = 16384
+    pad_to: int | None = None  # pad every batch to this length (benchmarks); None = per batch
+
+
+def feature_logits(predictor, features: Features, pad_id: int, settings: BatchSettings):
+    """Start/end logits of every feature, each cut to its own length, in feature order."""
+    lengths = [len(ids) for ids in features.inputs["input_ids"]]
+    start: list = [None] * len(features)
+    end: list = [None] * len(features)
+    for rows in batches(lengths, settings.batch_size, settings.max_batch_tokens):
+        s, e = predictor.logits(pad_batch(features, rows, pad_id, settings.pad_to))
+        for r, i in enumerate(rows):
+            start[i], end[i] = s[r, :lengths[i]], e[r, :lengths[i]]
+    return start, end
+
+
+class QAEngine:
+    """Tokenizer + predictor + post-processing: questions and contexts in, answers out."""
+
+    def __init__(self, predictor, tokenizer, qa: QAConfig, settings: BatchSettings | None = None):
+        self.predictor = predictor
+        self.tokenizer = tokenizer
+        self.qa = qa
+        self.settings = settings or BatchSettings()
+
+    def features(self, questions: list[str], contexts: list[str]) -> Features:
+        return build_features(self.tokenizer, questions, contexts, self.qa.features())
+
+    def run(self, contexts: list[str], features: Features):
+        """(answers, start logits, end logits) for the features of these contexts."""
+        start, end = feature_logits(self.predictor, features, self.tokenizer.pad_token_id, self.settings)
+        answers = answer_all(contexts, features.example_index, features.offsets, start, end,
+                             self.qa.n_best, self.qa.max_answer_length, self.qa.null_threshold)
+        return answers, start, end
+
+    def answer(self, questions: list[str], contexts: list[str]) -> list[Answer]:
+        if not questions:
+            return []
+        return self.run(contexts, self.features(questions, contexts))[0]
+
+
+def load_engine(model_dir: str | Path, engine: str = "auto", device: str = "auto", variant: str | None = None,
+                settings: BatchSettings | None = None, threads: int | None = None) -> QAEngine:
+    """An engine for an export dir (ONNX) or an adapter/merged/full model dir (torch)."""
+    from toolkit.modeling import load_for_inference, load_tokenizer
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise EngineError(f"model directory not found: {model_dir}")
+    device = resolve_device(device)
+    has_onnx = any((model_dir / f).exists() for f in ONNX_FILES.values())
+    if engine == "auto":
+        engine = "onnx" if has_onnx else "torch"
+    if engine == "onnx":
+        if not has_onnx:
+            raise EngineError(f"{model_dir} holds no ONNX model; export one with `qa-toolkit export`, "
+                              "or use --engine torch for an adapter or merged model directory")
+        qa = QAConfig.load(model_dir)
+        variant = variant or qa.default_variant.get(device) or "fp32"
+        if variant not in ONNX_FILES:
+            raise EngineError(f"unknown variant '{variant}'; choose from {list(ONNX_FILES)}")
+        if variant == "int8" and device == "cuda":
+            raise EngineError("the int8 variant runs on the CPU provider only; use fp16 or fp32 on CUDA")
+        predictor = OrtPredictor(model_dir / ONNX_FILES[variant], device, threads, variant)
+        return QAEngine(predictor, load_tokenizer(str(model_dir)), qa, settings)
+    if engine != "torch":
+        raise EngineError(f"--engine must be auto, onnx or torch, not '{engine}'")
+    if variant not in (None, "fp32", "fp16"):
+        raise EngineError(f"the torch engine runs fp32 or fp16 (CUDA), not '{variant}'")
+    if variant == "fp16" and device != "cuda":
+        raise EngineError("fp16 needs CUDA; the torch engine runs fp32 on the CPU")
+    model, tokenizer, qa = load_for_inference(model_dir)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return QAEngine(TorchPredictor(model, device, fp16=variant == "fp16"), tokenizer, qa, settings)

@@ -1,0 +1,243 @@
+"""Adapter -> merged model -> ONNX variants through Optimum, each checked against PyTorch.
+
+The export is built in a temporary sibling directory and renamed into place only when complete,
+so a failed export never leaves a directory that looks finished.
+"""
+
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from toolkit import data as data_mod
+from toolkit import modeling
+from toolkit.config import QAConfig
+from toolkit.engine import ONNX_FILES, BatchSettings, OrtPredictor, QAEngine, TorchPredictor, cuda_available
+from toolkit.metrics import squad_scores
+
+QUANTIZATION_TARGETS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done or whose result does not answer like PyTorch."""
+
+
+@dataclass
+class ExportConfig:
+    adapter: str | None = None  # with merge: the training run's adapter directory
+    model: str | None = None  # without merge: a merged/full model directory or hub name
+    output_dir: str | None = None  # default: <run>/export beside the adapter
+    merge: bool = True
+    variants: list[str] = field(default_factory=lambda: ["fp32", "opt", "int8", "fp16"])
+    optimization_level: int = 2  # O2 fuses attention/LayerNorm/GELU exactly; O3 approximates GELU
+    quantization: str = "auto"  # int8 instruction set, "auto" = this machine's best
+    eval_file: str | None = None  # parity set; default: the eval set of the training run
+    eval_samples: int | None = 500
+    max_em_drop: float = 1.0  # points of EM a variant may lose against PyTorch
+    merge_tolerance: float = 1e-3  # max |merged - unmerged| logit difference
+    overwrite: bool = False
+    seed: int = 42
+    cache_dir: str | None = None
+
+
+def cpu_quantization_target() -> str:
+    import platform
+
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "arm64"
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def _source_model(cfg: ExportConfig):
+    """(torch model, tokenizer, QAConfig, training manifest or {}); a PEFT model when merging."""
+    if cfg.merge:
+        if not cfg.adapter:
+            raise ExportError("--merge needs --adapter DIR (a training run's adapter directory)")
+        peft_model, tokenizer, qa = modeling.load_adapter(cfg.adapter)
+        manifest_path = Path(cfg.adapter) / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        return peft_model, tokenizer, qa, manifest
+    if not cfg.model:
+        raise ExportError("without --merge, pass --model (a merged or fully fine-tuned model directory or hub name)")
+    if Path(cfg.model).is_dir() and modeling.is_adapter_dir(cfg.model):
+        raise ExportError(f"{cfg.model} is an adapter directory: use --merge --adapter {cfg.model}")
+    if Path(cfg.model).is_dir() and (Path(cfg.model) / "qa_config.json").exists():
+        model, tokenizer, qa = modeling.load_for_inference(cfg.model)
+    else:
+        model, tokenizer = modeling.load_base(cfg.model).eval(), modeling.load_tokenizer(cfg.model)
+        qa = QAConfig(base_model=cfg.model, model_type=model.config.model_type)
+    manifest_path = Path(cfg.model) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    return model, tokenizer, qa, manifest
+
+
+def _parity_examples(cfg: ExportConfig, manifest: dict):
+    spec = cfg.eval_file or manifest.get("config", {}).get("eval_file")
+    if not spec:
+        raise ExportError("no parity set: pass --eval-file (the training manifest names none)")
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else data_mod.default_cache_dir()
+    examples, _ = data_mod.load_examples([spec], cache, cfg.seed, cfg.eval_samples, "validation")
+    return spec, examples
+
+
+def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return float(max(np.abs(x - y).max() for x, y in zip(a, b)))
+
+
+def parity(reference: dict, engine: QAEngine, examples, features) -> dict:
+    """Logit |Δ|, answer agreement and EM/F1 of one predictor against the PyTorch reference."""
+    started = time.perf_counter()
+    answers, start, end = engine.run([e.context for e in examples], features)
+    scores = squad_scores({e.id: a.prediction for e, a in zip(examples, answers)}, data_mod.references(examples))
+    agree = sum(a.prediction == b.prediction for a, b in zip(answers, reference["answers"]))
+    return {
+        "max_abs_logit_diff": max(_max_diff(start, reference["start"]), _max_diff(end, reference["end"])),
+        "answer_agreement": 100.0 * agree / len(examples),
+        "exact": scores["exact"], "f1": scores["f1"],
+        "delta_exact": scores["exact"] - reference["scores"]["exact"],
+        "delta_f1": scores["f1"] - reference["scores"]["f1"],
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _build_variants(cfg: ExportConfig, onnx_dir: Path, log) -> dict[str, str]:
+    """Write the requested ONNX variants beside model.onnx; returns variant -> reason for those skipped."""
+    from optimum.onnxruntime import AutoQuantizationConfig, ORTOptimizer, ORTQuantizer, OptimizationConfig
+
+    skipped = {}
+    if "opt" in cfg.variants:
+        log(f"optimising (ORT level O{cfg.optimization_level})")
+        ORTOptimizer.from_pretrained(onnx_dir).optimize(
+            OptimizationConfig(optimization_level=cfg.optimization_level, optimize_for_gpu=False), save_dir=onnx_dir)
+    if "int8" in cfg.variants:
+        target = cpu_quantization_target() if cfg.quantization == "auto" else cfg.quantization
+        log(f"quantising: dynamic int8 for {target}")
+        qconfig = getattr(AutoQuantizationConfig, target)(is_static=False, per_channel=False)
+        ORTQuantizer.from_pretrained(onnx_dir, file_name=ONNX_FILES["fp32"]).quantize(
+            quantization_config=qconfig, save_dir=onnx_dir)
+    if "fp16" in cfg.variants:
+        if cuda_available():
+            log("converting to fp16 for CUDA")
+            ORTOptimizer.from_pretrained(onnx_dir).optimize(
+                OptimizationConfig(optimization_level=cfg.optimization_level, optimize_for_gpu=True, fp16=True),
+                save_dir=onnx_dir, file_suffix="fp16")
+        else:
+            skipped["fp16"] = "needs a CUDA GPU (none usable here); export again on a GPU machine for fp16"
+            log(f"fp16 skipped: {skipped['fp16']}")
+    for stray in ("ort_config.json",):  # Optimum's own record; ours is export_manifest.json
+        (onnx_dir / stray).unlink(missing_ok=True)
+    return skipped
+
+
+def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
+    """Run the export; returns the export manifest (also saved as export_manifest.json)."""
+    started = time.time()
+    unknown = set(cfg.variants) - set(ONNX_FILES)
+    if unknown or "fp32" not in cfg.variants:
+        raise ExportError(f"variants must include fp32 and come from {list(ONNX_FILES)}; got {cfg.variants}")
+    if cfg.quantization not in QUANTIZATION_TARGETS:
+        raise ExportError(f"--quantization must be one of {QUANTIZATION_TARGETS}")
+    if cfg.merge and cfg.adapter and not Path(cfg.adapter).is_dir():
+        raise ExportError(f"adapter directory not found: {cfg.adapter}")
+    out = Path(cfg.output_dir or Path(cfg.adapter or cfg.model).parent / "export")
+    if out.exists() and not cfg.overwrite:
+        raise ExportError(f"output dir {out} exists; pass --overwrite to replace it")
+
+    model, tokenizer, qa, train_manifest = _source_model(cfg)
+    spec, examples = _parity_examples(cfg, train_manifest)
+    contexts = [e.context for e in examples]
+    features = QAEngine(None, tokenizer, qa).features([e.question for e in examples], contexts)
+    settings = BatchSettings(batch_size=32)
+    log(f"parity set: {len(examples)} questions ({spec}) -> {len(features)} windows")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-partial-", dir=out.parent))
+    work.chmod(0o755)
+    try:
+        manifest = {"source": cfg.adapter if cfg.merge else cfg.model, "config": dataclasses.asdict(cfg),
+                    "parity_set": {"spec": spec, "questions": len(examples), "windows": len(features)}}
+        if cfg.merge:
+            unmerged = QAEngine(TorchPredictor(model), tokenizer, qa, settings)
+            _, before_start, before_end = unmerged.run(contexts, features)
+            model = model.merge_and_unload()
+            merged_engine = QAEngine(TorchPredictor(model), tokenizer, qa, settings)
+            _, after_start, after_end = merged_engine.run(contexts, features)
+            merge_diff = max(_max_diff(before_start, after_start), _max_diff(before_end, after_end))
+            log(f"merge: max |merged - unmerged| logit = {merge_diff:.2e}")
+            manifest["merge_max_abs_logit_diff"] = merge_diff
+            if merge_diff > cfg.merge_tolerance:
+                raise ExportError(f"merged model differs from adapter model by {merge_diff:.2e} "
+                                  f"(> tolerance {cfg.merge_tolerance}); not exporting")
+            merged_dir = work / "merged"
+            model.save_pretrained(merged_dir)
+            tokenizer.save_pretrained(merged_dir)
+            qa.save(merged_dir)
+        torch_engine = QAEngine(TorchPredictor(model), tokenizer, qa, settings)
+        answers, start, end = torch_engine.run(contexts, features)
+        reference = {"answers": answers, "start": start, "end": end,
+                     "scores": squad_scores({e.id: a.prediction for e, a in zip(examples, answers)},
+                                            data_mod.references(examples))}
+        manifest["torch"] = reference["scores"]
+
+        from optimum.exporters.onnx import onnx_export_from_model
+
+        onnx_dir = work / "onnx"
+        log("exporting to ONNX (optimum, task question-answering, dynamic batch/sequence axes)")
+        t0 = time.perf_counter()
+        onnx_export_from_model(model, onnx_dir, task="question-answering", do_validation=False)
+        tokenizer.save_pretrained(onnx_dir)
+        skipped = _build_variants(cfg, onnx_dir, log)
+        manifest["onnx_build_seconds"] = time.perf_counter() - t0
+
+        variants = {}
+        for name in cfg.variants:
+            if name in skipped:
+                variants[name] = {"file": None, "passed": False, "reason": skipped[name]}
+                continue
+            device = "cuda" if name == "fp16" else "cpu"
+            engine = QAEngine(OrtPredictor(onnx_dir / ONNX_FILES[name], device, variant=name), tokenizer, qa, settings)
+            result = parity(reference, engine, examples, features)
+            result.update(file=ONNX_FILES[name], size_bytes=(onnx_dir / ONNX_FILES[name]).stat().st_size,
+                          provider=engine.predictor.provider)
+            result["passed"] = -result["delta_exact"] <= cfg.max_em_drop
+            if not result["passed"]:
+                result["reason"] = (f"EM drops {-result['delta_exact']:.2f} points vs PyTorch "
+                                    f"(> {cfg.max_em_drop}); not used as a default")
+            log(f"{name:>5}: |Δlogit| {result['max_abs_logit_diff']:.2e}, agreement "
+                f"{result['answer_agreement']:.2f}%, EM {result['exact']:.2f} ({result['delta_exact']:+.2f}), "
+                f"F1 {result['f1']:.2f} ({result['delta_f1']:+.2f})"
+                + ("" if result["passed"] else f" FAILED: {result['reason']}"))
+            variants[name] = result
+        manifest["variants"] = variants
+        if not variants["fp32"]["passed"]:
+            raise ExportError(f"the plain fp32 ONNX model does not match PyTorch: {variants['fp32']}")
+        qa.default_variant = {
+            "cpu": next(v for v in ("int8", "opt", "fp32") if variants.get(v, {}).get("passed")),
+            "cuda": next(v for v in ("fp16", "opt", "fp32") if variants.get(v, {}).get("passed")),
+        }
+        qa.save(onnx_dir)
+        manifest["default_variant"] = qa.default_variant
+        manifest["wall_seconds"] = time.time() - started
+        (work / "export_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        shutil.copy(work / "export_manifest.json", onnx_dir / "export_manifest.json")
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
