@@ -113,3 +113,47 @@ def tiny_distilbert(tmp_path_factory, vocab_file) -> Path:
 
 TINY_TRAIN_FLAGS = ["--max-length", "64", "--doc-stride", "16", "--max-question-tokens", "24", "--eval-steps", "2", "--max-steps", "2",
                     "--warmup-steps", "1", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="session")
+def files(squad_file, eval_file):
+    return squad_file, eval_file
+
+
+def run_train(model_dir, files, out, *extra):
+    from click.testing import CliRunner
+
+    from toolkit.cli import main
+
+    train_file, eval_file = files
+    args = ["train", "--model", str(model_dir), "--train-file", str(train_file), "--eval-file", str(eval_file),
+            "--output-dir", str(out), *TINY_TRAIN_FLAGS, *extra]
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def trained_bert(tiny_bert, files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "bert"
+    result = run_train(tiny_bert, files, out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_distilbert(tiny_distilbert, files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "distilbert"
+    result = run_train(tiny_distilbert, files, out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_bert(trained_bert, eval_file):
+    from click.testing import CliRunner
+
+    from toolkit.cli import main
+
+    result = CliRunner().invoke(main, ["export", "--merge", "--adapter", str(trained_bert / "adapter"),
+                                       "--eval-file", str(eval_file)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return trained_bert / "export"

@@ -1,34 +1,13 @@
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 from transformers import AlbertConfig, AlbertForQuestionAnswering, BertTokenizer
 
-from tests.conftest import TINY_TRAIN_FLAGS
+from tests.conftest import TINY_TRAIN_FLAGS, run_train
 from toolkit import modeling
 from toolkit.cli import main
 from toolkit.config import QAConfig
-
-
-@pytest.fixture(scope="module")
-def files(squad_file, eval_file):
-    return squad_file, eval_file
-
-
-def run_train(model_dir, files, out, *extra):
-    train_file, eval_file = files
-    args = ["train", "--model", str(model_dir), "--train-file", str(train_file), "--eval-file", str(eval_file),
-            "--output-dir", str(out), *TINY_TRAIN_FLAGS, *extra]
-    return CliRunner().invoke(main, args, catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def trained_bert(tiny_bert, files, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "bert"
-    result = run_train(tiny_bert, files, out)
-    assert result.exit_code == 0, result.output
-    return out
 
 
 def test_train_writes_adapter_manifest_reports(trained_bert):
@@ -61,12 +40,14 @@ def test_adapter_reloads_with_the_trained_weights(trained_bert):
     assert head.abs().sum() > 0
 
 
-def test_resume_continues_and_refuses_changed_settings(trained_bert, tiny_bert, files):
-    result = run_train(tiny_bert, files, trained_bert, "--resume", "--max-steps", "4")
+def test_resume_continues_and_refuses_changed_settings(tiny_bert, files, tmp_path):
+    run = tmp_path / "r"
+    assert run_train(tiny_bert, files, run).exit_code == 0
+    result = run_train(tiny_bert, files, run, "--resume", "--max-steps", "4")
     assert result.exit_code == 0, result.output
-    manifest = json.loads((trained_bert / "manifest.json").read_text())
+    manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["timing"]["global_step"] == 4 and manifest["resumed"]
-    changed = run_train(tiny_bert, files, trained_bert, "--resume", "--lr", "1e-3")
+    changed = run_train(tiny_bert, files, run, "--resume", "--lr", "1e-3")
     assert changed.exit_code != 0 and "settings differ" in changed.output and "learning_rate" in changed.output
 
 

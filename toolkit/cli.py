@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -140,7 +141,6 @@ def serve_batch(input_path, model, output, engine, device, variant, batch_size, 
                 chunk_size, summary_json):
     """Answer every line of INPUT.jsonl ({"id"?, "question", "context"}) into one output line each."""
     from dataclasses import asdict
-    from pathlib import Path
 
     from toolkit.engine import BatchSettings, EngineError, load_engine
     from toolkit.serve import serve_batch as run
@@ -156,6 +156,74 @@ def serve_batch(input_path, model, output, engine, device, variant, batch_size, 
     click.echo(json.dumps(summary), err=True)
     if summary_json:
         Path(summary_json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+@main.command()
+@click.option("--model", help="Export directory (merged/ + onnx/) or its onnx/ dir; with --train: a base model.")
+@click.option("--eval-file", help="Questions to time and score (same forms as train). With --train: batch source.")
+@click.option("--variants", default="torch,onnx-fp32,onnx-opt,onnx-int8,onnx-fp16", show_default=True,
+              help="Among torch, torch-fp16, onnx-fp32, onnx-opt, onnx-int8, onnx-fp16 (GPU ones skipped without CUDA).")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Latency batch sizes.")
+@click.option("--seq-lens", default="real,384", show_default=True,
+              help="'real' pads each batch to its longest window; a number pads every batch to it.")
+@click.option("--eval-samples", type=int, help="Seeded subset of the eval questions. Default: all.")
+@click.option("--latency-batches", type=int, default=20, show_default=True, help="Timed batches per cell.")
+@click.option("--threads", type=int, help="Threads for torch and ONNX Runtime alike. Default: physical cores.")
+@click.option("--no-peer", is_flag=True, help="Skip the transformers-pipeline peer row.")
+@click.option("--name", default="latest", show_default=True, help="Results go to bench/results/NAME/.")
+@click.option("--results-dir", default="bench/results", show_default=True)
+@click.option("--train", "train_mode", is_flag=True,
+              help="Instead: s/step and peak memory of LoRA vs full fine-tuning on the same batch.")
+@click.option("--steps", type=int, default=10, show_default=True, help="With --train: timed steps per mode.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="With --train: the batch size.")
+@fail_clearly
+def bench(model, eval_file, variants, batch_sizes, seq_lens, eval_samples, latency_batches, threads, no_peer, name,
+          results_dir, train_mode, steps, batch_size):
+    """Benchmark PyTorch against ONNX Runtime: latency, throughput, memory, size and EM/F1, side by side."""
+    from toolkit.bench import BenchConfig, TrainBenchConfig, run_bench, run_train_bench
+
+    if train_mode:
+        cfg = TrainBenchConfig(model=model or DEFAULT_MODEL, eval_file=eval_file or "squad-v1.1-train",
+                               name=name if name != "latest" else "train-latest", results_dir=results_dir,
+                               batch_size=batch_size, steps=steps, threads=threads)
+        results = run_train_bench(cfg)
+        click.echo(json.dumps({k: results[k] for k in ("modes", "full_vs_lora_time", "full_vs_lora_memory")}, indent=2))
+        return
+    if not model or not eval_file:
+        raise click.UsageError("bench needs --model (an export directory) and --eval-file")
+    cfg = BenchConfig(model=model, eval_file=eval_file, name=name, results_dir=results_dir,
+                      variants=[v.strip() for v in variants.split(",") if v.strip()],
+                      batch_sizes=[int(b) for b in batch_sizes.split(",")], seq_lens=seq_lens.split(","),
+                      latency_batches=latency_batches, eval_samples=eval_samples, threads=threads, peer=not no_peer)
+    results = run_bench(cfg)
+    click.echo((Path(results_dir) / name / "results.md").read_text())
+
+
+@main.command("to-jsonl")
+@click.argument("source")
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--samples", type=int, help="Seeded subset of the questions.")
+@fail_clearly
+def to_jsonl(source, output, samples):
+    """Write a SQuAD source (file, hub name or squad-v1.1-dev) as flat JSONL, answers included."""
+    from toolkit import data
+
+    examples, _ = data.load_examples([source], data.default_cache_dir(), 42, samples, "validation")
+    data.write_jsonl(examples, Path(output))
+    click.echo(f"{len(examples)} questions -> {output}", err=True)
+
+
+@main.command()
+@click.argument("answers", type=click.Path(exists=True, dir_okay=False))
+@click.option("--references", required=True, help="The SQuAD source the questions came from.")
+@fail_clearly
+def score(answers, references):
+    """Official SQuAD EM/F1 (HasAns/NoAns) of a serve-batch output file."""
+    from toolkit import data
+    from toolkit.metrics import score_answer_file
+
+    examples, _ = data.load_examples([references], data.default_cache_dir(), 42, None, "validation")
+    click.echo(json.dumps(score_answer_file(answers, data.references(examples)), indent=2))
 
 
 if __name__ == "__main__":

@@ -162,11 +162,13 @@ def _read_file(path: Path, spec: str) -> list[Example]:
         raise DataError(f"{spec}: file not found: {path}")
     if path.suffix == ".jsonl":
         examples = []
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        record = json.loads(line)
+                        record = json.loads(line.decode("utf-8"))
+                    except UnicodeDecodeError as e:
+                        raise DataError(f"{path}:{n}: invalid UTF-8 at byte {e.start}") from None
                     except json.JSONDecodeError as e:
                         raise DataError(f"{path}:{n}: not valid JSON ({e})") from None
                     if not isinstance(record, dict):
@@ -175,6 +177,8 @@ def _read_file(path: Path, spec: str) -> list[Example]:
         return examples
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: invalid UTF-8 at byte {e.start}") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):

@@ -62,19 +62,25 @@ def cpu_quantization_target() -> str:
     return "avx2"
 
 
-def _source_model(cfg: ExportConfig):
-    """(torch model, tokenizer, QAConfig, training manifest or {}); a PEFT model when merging."""
+def check_source(cfg: ExportConfig) -> None:
     if cfg.merge:
         if not cfg.adapter:
             raise ExportError("--merge needs --adapter DIR (a training run's adapter directory)")
+        if not Path(cfg.adapter).is_dir():
+            raise ExportError(f"adapter directory not found: {cfg.adapter}")
+    elif not cfg.model:
+        raise ExportError("without --merge, pass --model (a merged or fully fine-tuned model directory or hub name)")
+    elif Path(cfg.model).is_dir() and modeling.is_adapter_dir(cfg.model):
+        raise ExportError(f"{cfg.model} is an adapter directory: use --merge --adapter {cfg.model}")
+
+
+def _source_model(cfg: ExportConfig):
+    """(torch model, tokenizer, QAConfig, training manifest or {}); a PEFT model when merging."""
+    if cfg.merge:
         peft_model, tokenizer, qa = modeling.load_adapter(cfg.adapter)
         manifest_path = Path(cfg.adapter) / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         return peft_model, tokenizer, qa, manifest
-    if not cfg.model:
-        raise ExportError("without --merge, pass --model (a merged or fully fine-tuned model directory or hub name)")
-    if Path(cfg.model).is_dir() and modeling.is_adapter_dir(cfg.model):
-        raise ExportError(f"{cfg.model} is an adapter directory: use --merge --adapter {cfg.model}")
     if Path(cfg.model).is_dir() and (Path(cfg.model) / "qa_config.json").exists():
         model, tokenizer, qa = modeling.load_for_inference(cfg.model)
     else:
@@ -151,8 +157,7 @@ def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
         raise ExportError(f"variants must include fp32 and come from {list(ONNX_FILES)}; got {cfg.variants}")
     if cfg.quantization not in QUANTIZATION_TARGETS:
         raise ExportError(f"--quantization must be one of {QUANTIZATION_TARGETS}")
-    if cfg.merge and cfg.adapter and not Path(cfg.adapter).is_dir():
-        raise ExportError(f"adapter directory not found: {cfg.adapter}")
+    check_source(cfg)
     out = Path(cfg.output_dir or Path(cfg.adapter or cfg.model).parent / "export")
     if out.exists() and not cfg.overwrite:
         raise ExportError(f"output dir {out} exists; pass --overwrite to replace it")

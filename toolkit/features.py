@@ -50,6 +50,8 @@ def check_config(cfg: FeatureConfig) -> None:
 
 
 def question_lengths(tokenizer, questions: list[str]) -> list[int]:
+    if not questions:
+        return []
     return [len(ids) for ids in tokenizer([q.lstrip() for q in questions], add_special_tokens=False)["input_ids"]]
 
 

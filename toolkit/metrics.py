@@ -6,6 +6,7 @@ is scored against the best-matching reference.
 """
 
 import collections
+import json
 import re
 import string
 from dataclasses import dataclass
@@ -132,3 +133,24 @@ def position_metrics(
         "end_acc": float(end_ok.mean()),
         "position_exact": float((start_ok & end_ok).mean()),
     }
+
+
+def score_answer_file(path: str, references: dict[str, list[str]]) -> dict:
+    """Score a serve-batch output (JSONL: id, answer or null, or error) against references.
+
+    Lines with an error or a null answer count as "no answer"; ids not in the references are
+    reported, not scored.
+    """
+    predictions, errors, unknown = {}, 0, 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row["id"] not in references:
+                unknown += 1
+                continue
+            errors += "error" in row
+            predictions[row["id"]] = row.get("answer") or ""
+    scores = squad_scores(predictions, references)
+    scores.update(lines_scored=len(predictions), error_lines=errors, unknown_ids=unknown,
+                  missing_ids=len(set(references) - set(predictions)))
+    return scores

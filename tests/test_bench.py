@@ -1,0 +1,69 @@
+import json
+
+from click.testing import CliRunner
+
+from toolkit.cli import main
+from toolkit.metrics import score_answer_file
+
+
+def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, tmp_path):
+    result = CliRunner().invoke(main, ["bench", "--model", str(exported_bert), "--eval-file", str(eval_file),
+                                       "--batch-sizes", "1,2", "--seq-lens", "real,64", "--latency-batches", "2",
+                                       "--results-dir", str(tmp_path), "--name", "t"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "t"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["variants"]) == {"torch", "onnx-fp32", "onnx-opt", "onnx-int8"}
+    assert results["skipped"] == ["onnx-fp16"] and results["baseline"] == "torch"
+    assert results["matmul_flops_per_second"] > 1e8
+    for name, row in results["variants"].items():
+        assert set(row["latency"]) == {"b1-real", "b1-64", "b2-real", "b2-64"}
+        cell = row["latency"]["b2-64"]
+        assert 0 < cell["p50_ms"] <= cell["p95_ms"] and cell["achieved_flops"] > 0
+        assert row["peak_memory"]["above_baseline_mb"] > 0 and row["size_mb"] > 0
+        assert row["questions_per_second"] > 0 and {"exact", "f1", "HasAns_f1", "NoAns_f1"} <= set(row)
+    assert results["variants"]["torch"]["speedup_vs_baseline"]["b1-real"] == 1.0
+    assert results["variants"]["onnx-fp32"]["answer_agreement_vs_baseline"] == 100.0
+    assert results["peer"]["questions_per_second"] > 0 and "f1" in results["peer"]
+    assert "| onnx-int8 |" in (out / "results.md").read_text()
+    assert (out / "latency.png").stat().st_size > 0
+
+
+def test_bench_train_lora_vs_full(tiny_bert, eval_file, tmp_path):
+    result = CliRunner().invoke(main, ["bench", "--train", "--model", str(tiny_bert), "--eval-file", str(eval_file),
+                                       "--steps", "2", "--batch-size", "4", "--results-dir", str(tmp_path),
+                                       "--name", "tr"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "tr" / "results.json").read_text())
+    lora, full = results["modes"]["lora"], results["modes"]["full"]
+    assert lora["trainable"] < full["trainable"] == full["total"]
+    assert lora["seconds_per_step"] > 0 and full["seconds_per_step"] > 0
+    assert lora["batch_shape"] == full["batch_shape"]
+
+
+def test_bench_refuses_a_dir_without_export(trained_bert, eval_file):
+    result = CliRunner().invoke(main, ["bench", "--model", str(trained_bert / "adapter"), "--eval-file",
+                                       str(eval_file)])
+    assert result.exit_code != 0 and "no ONNX export" in result.output
+
+
+def test_to_jsonl_serve_and_score_round_trip(exported_bert, eval_file, tmp_path):
+    src = tmp_path / "q.jsonl"
+    runner = CliRunner()
+    assert runner.invoke(main, ["to-jsonl", str(eval_file), str(src)]).exit_code == 0
+    assert len(src.read_text().splitlines()) == 9
+    out = tmp_path / "a.jsonl"
+    assert runner.invoke(main, ["serve-batch", str(src), "--model", str(exported_bert / "onnx"), "-o", str(out)]).exit_code == 0
+    result = runner.invoke(main, ["score", str(out), "--references", str(eval_file)])
+    scores = json.loads(result.output)
+    assert scores["total"] == 9 and scores["missing_ids"] == 0 and scores["error_lines"] == 0
+
+
+def test_score_answer_file_hand_worked(tmp_path):
+    out = tmp_path / "a.jsonl"
+    rows = [{"id": "a", "answer": "Denver Broncos"}, {"id": "b", "answer": None, "no_answer": True},
+            {"id": "c", "error": "malformed JSON"}, {"id": "zzz", "answer": "x"}]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scores = score_answer_file(str(out), {"a": ["Denver Broncos"], "b": [], "c": ["x"], "d": ["y"]})
+    assert scores["exact"] == 50.0 and scores["error_lines"] == 1 and scores["unknown_ids"] == 1
+    assert scores["missing_ids"] == 1

@@ -1,0 +1,99 @@
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from toolkit.cli import main
+from toolkit.config import QAConfig
+from toolkit.engine import ONNX_FILES, OrtPredictor
+from toolkit.export import ExportConfig, ExportError, export
+
+
+def run_export(*args):
+    return CliRunner().invoke(main, ["export", *args], catch_exceptions=False)
+
+
+def test_export_merge_writes_every_cpu_variant_with_parity(exported_bert):
+    manifest = json.loads((exported_bert / "export_manifest.json").read_text())
+    assert manifest["merge_max_abs_logit_diff"] < 1e-4
+    onnx = exported_bert / "onnx"
+    for name in ("fp32", "opt", "int8"):
+        v = manifest["variants"][name]
+        assert (onnx / ONNX_FILES[name]).exists() and v["size_bytes"] > 0
+        assert {"max_abs_logit_diff", "answer_agreement", "delta_exact", "delta_f1", "passed"} <= set(v)
+        OrtPredictor(onnx / ONNX_FILES[name])  # loads in ONNX Runtime on the CPU
+    for name in ("fp32", "opt"):
+        assert manifest["variants"][name]["max_abs_logit_diff"] < 1e-4
+        assert manifest["variants"][name]["answer_agreement"] == 100.0
+    assert manifest["variants"]["int8"]["max_abs_logit_diff"] < 1.0
+    assert manifest["variants"]["fp16"]["passed"] is False and "CUDA" in manifest["variants"]["fp16"]["reason"]
+    qa = QAConfig.load(onnx)
+    assert qa.default_variant["cpu"] in ("int8", "opt", "fp32") and qa.max_length == 64
+    assert qa.null_threshold == QAConfig.load(exported_bert.parent / "adapter").null_threshold
+    assert (onnx / "tokenizer.json").exists()
+    assert (exported_bert / "merged" / "model.safetensors").exists()
+
+
+def test_distilbert_export_and_plain_export_of_merged_model(trained_distilbert, eval_file, tmp_path):
+    out = tmp_path / "d"
+    result = run_export("--merge", "--adapter", str(trained_distilbert / "adapter"), "--eval-file", str(eval_file),
+                        "--output-dir", str(out), "--variants", "fp32,opt")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "export_manifest.json").read_text())
+    assert manifest["variants"]["fp32"]["max_abs_logit_diff"] < 1e-4
+    plain = run_export("--model", str(out / "merged"), "--output-dir", str(tmp_path / "p"), "--eval-file",
+                       str(eval_file), "--variants", "fp32")
+    assert plain.exit_code == 0, plain.output
+    assert (tmp_path / "p" / "onnx" / "model.onnx").exists()
+
+
+def test_existing_output_dir_needs_overwrite(exported_bert, trained_bert, eval_file):
+    before = (exported_bert / "export_manifest.json").read_text()
+    result = run_export("--merge", "--adapter", str(trained_bert / "adapter"), "--eval-file", str(eval_file))
+    assert result.exit_code != 0 and "--overwrite" in result.output
+    assert (exported_bert / "export_manifest.json").read_text() == before
+
+
+def test_missing_adapter_dir(tmp_path):
+    result = run_export("--merge", "--adapter", str(tmp_path / "nope"))
+    assert result.exit_code != 0 and "adapter directory not found" in result.output
+
+
+def test_adapter_whose_base_is_gone(trained_bert, tmp_path):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained_bert / "adapter", adapter)
+    qa = QAConfig.load(adapter)
+    qa.base_model = str(tmp_path / "deleted-base")
+    qa.save(adapter)
+    result = run_export("--merge", "--adapter", str(adapter), "--output-dir", str(tmp_path / "o"))
+    assert result.exit_code != 0 and "deleted-base" in result.output and "no such directory" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_adapter_from_another_architecture(trained_distilbert, tiny_bert, tmp_path):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained_distilbert / "adapter", adapter)
+    qa = QAConfig.load(adapter)
+    qa.base_model = str(tiny_bert)  # a BERT base under a DistilBERT adapter
+    qa.save(adapter)
+    result = run_export("--merge", "--adapter", str(adapter), "--output-dir", str(tmp_path / "o"))
+    assert result.exit_code != 0 and "'distilbert'" in result.output and "'bert'" in result.output
+
+
+def test_failed_export_leaves_nothing_that_looks_complete(trained_bert, eval_file, tmp_path):
+    cfg = ExportConfig(adapter=str(trained_bert / "adapter"), output_dir=str(tmp_path / "o"), eval_file=str(eval_file),
+                       merge_tolerance=-1.0, variants=["fp32"])
+    with pytest.raises(ExportError, match="merged model differs"):
+        export(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_variant_names(trained_bert):
+    result = run_export("--merge", "--adapter", str(trained_bert / "adapter"), "--variants", "fp32,int4")
+    assert result.exit_code != 0 and "variants must" in result.output
+
+
+def test_without_merge_an_adapter_dir_is_pointed_to_merge(trained_bert):
+    result = run_export("--model", str(trained_bert / "adapter"))
+    assert result.exit_code != 0 and "--merge --adapter" in result.output
