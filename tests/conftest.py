@@ -131,20 +131,21 @@ def run_train(model_dir, files, out, *extra):
     return CliRunner().invoke(main, args, catch_exceptions=False)
 
 
-@pytest.fixture(scope="session")
-def trained_bert(tiny_bert, files, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "bert"
-    result = run_train(tiny_bert, files, out)
+def _trained(model_dir, files, tmp_path_factory, name):
+    out = tmp_path_factory.mktemp("run") / name
+    result = run_train(model_dir, files, out)
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_bert(tiny_bert, files, tmp_path_factory):
+    return _trained(tiny_bert, files, tmp_path_factory, "bert")
 
 
 @pytest.fixture(scope="session")
 def trained_distilbert(tiny_distilbert, files, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "distilbert"
-    result = run_train(tiny_distilbert, files, out)
-    assert result.exit_code == 0, result.output
-    return out
+    return _trained(tiny_distilbert, files, tmp_path_factory, "distilbert")
 
 
 @pytest.fixture(scope="session")

@@ -38,14 +38,14 @@ def test_torch_and_onnx_give_identical_answers(exported_bert, trained_bert, tmp_
         assert result.exit_code == 0, result.output
         outputs[name] = [json.loads(line) for line in out.read_text().splitlines()]
     for name in ("merged", "onnx", "opt"):
-        assert [(r["answer"], r["start"], r["end"], r["no_answer"]) for r in outputs[name]] == \
-               [(r["answer"], r["start"], r["end"], r["no_answer"]) for r in outputs["torch"]], name
+        assert [(r["answer"], r["start"], r["end"], r["no_answer"], r["best_span"]) for r in outputs[name]] == \
+               [(r["answer"], r["start"], r["end"], r["no_answer"], r["best_span"]) for r in outputs["torch"]], name
         for a, b in zip(outputs[name], outputs["torch"]):
             assert a["start_confidence"] == pytest.approx(b["start_confidence"], abs=1e-4)
     for row, line in zip(outputs["onnx"], fixture_lines()):
         assert row["id"] == line["id"]
         if row["answer"] is not None:
-            assert line["context"][row["start"]:row["end"]] == row["answer"]
+            assert line["context"][row["start"]:row["end"]] == row["answer"] == row["best_span"]
 
 
 def test_every_bad_line_gets_its_own_error_in_order(exported_bert, tmp_path):

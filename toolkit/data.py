@@ -157,6 +157,15 @@ def _from_flat(record: dict, where: str) -> Example:
                    answer_texts=list(texts), answer_starts=list(starts), title=record.get("title", ""))
 
 
+def _parse_json(raw: bytes, where: str):
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: invalid UTF-8 at byte {e.start}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e})") from None
+
+
 def _read_file(path: Path, spec: str) -> list[Example]:
     if not path.exists():
         raise DataError(f"{spec}: file not found: {path}")
@@ -165,22 +174,12 @@ def _read_file(path: Path, spec: str) -> list[Example]:
         with open(path, "rb") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
-                    try:
-                        record = json.loads(line.decode("utf-8"))
-                    except UnicodeDecodeError as e:
-                        raise DataError(f"{path}:{n}: invalid UTF-8 at byte {e.start}") from None
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{n}: not valid JSON ({e})") from None
+                    record = _parse_json(line, f"{path}:{n}")
                     if not isinstance(record, dict):
                         raise DataError(f"{path}:{n}: expected a JSON object")
                     examples.append(_from_flat(record, f"{path}:{n}"))
         return examples
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: invalid UTF-8 at byte {e.start}") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+    data = _parse_json(path.read_bytes(), str(path))
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected the nested SQuAD format {{'data': [...]}}")
     return _from_nested(data, str(path))

@@ -109,7 +109,7 @@ def answer_chunk(engine: QAEngine, chunk: list[Query]) -> list[dict]:
                     "start": None if a.no_answer else a.start, "end": None if a.no_answer else a.end,
                     "score": _finite(a.score), "start_confidence": a.start_confidence,
                     "end_confidence": a.end_confidence, "null_score_diff": _finite(a.null_score_diff),
-                    "no_answer": a.no_answer})
+                    "no_answer": a.no_answer, "best_span": a.text if a.start is not None else None})
     return out
 
 

@@ -1,0 +1,86 @@
+"""serve-batch over SQuAD v1.1 dev (10,570 questions as JSONL), every engine/variant in one run, each
+output file scored with the official metric.
+
+    python bench/serve_squad_dev.py --export models/minilm-reference/export [--samples N]
+
+Writes bench/results/<name>/results.json and results.md. Uses the same library calls as
+`qa-toolkit to-jsonl`, `serve-batch` and `score`.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from toolkit import data
+from toolkit.bench import machine_info
+from toolkit.engine import BatchSettings, default_threads, load_engine
+from toolkit.metrics import score_answer_file
+from toolkit.serve import serve_batch
+from toolkit.train import package_versions
+
+RUNS = [("onnx", "fp32"), ("onnx", "opt"), ("onnx", "int8"), ("torch", None)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--export", required=True, help="export directory (merged/ + onnx/)")
+    parser.add_argument("--source", default="squad-v1.1-dev")
+    parser.add_argument("--samples", type=int, help="seeded subset (default: all questions)")
+    parser.add_argument("--name", default="serve-squad-v1.1-dev")
+    parser.add_argument("--results-dir", default="bench/results")
+    args = parser.parse_args()
+
+    out = Path(args.results_dir) / args.name
+    work = Path(args.export) / "serve-bench"
+    work.mkdir(parents=True, exist_ok=True)
+    examples, _ = data.load_examples([args.source], data.default_cache_dir(), 42, args.samples, "validation")
+    questions = work / "questions.jsonl"
+    data.write_jsonl(examples, questions)
+    references = data.references(examples)
+    rows = []
+    for engine, variant in RUNS:
+        model = Path(args.export) / ("onnx" if engine == "onnx" else "merged")
+        qa_engine = load_engine(model, engine, "cpu", variant, BatchSettings())
+        answers = work / f"answers-{qa_engine.predictor.variant}.jsonl"
+        print(f"{qa_engine.predictor.variant}: {len(examples)} questions", flush=True)
+        summary = serve_batch(qa_engine, str(questions), str(answers), progress=False)
+        scores = score_answer_file(str(answers), references)
+        forced = forced_answer_scores(answers, references)
+        rows.append({"engine": engine, "variant": qa_engine.predictor.variant, "provider": summary.provider,
+                     "lines": summary.lines, "errors": summary.errors, "no_answer": summary.no_answer,
+                     "seconds": summary.seconds, "questions_per_second": summary.questions_per_second,
+                     "exact": scores["exact"], "f1": scores["f1"], "forced_exact": forced["exact"],
+                     "forced_f1": forced["f1"]})
+        print(json.dumps(rows[-1]), flush=True)
+    results = {"name": args.name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "source": args.source,
+               "questions": len(examples), "machine": machine_info(default_threads()),
+               "versions": package_versions(), "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    base = next(r for r in rows if r["engine"] == "torch")
+    lines = [f"# serve-batch over {args.source} ({len(examples)} questions), {results['date']}", "",
+             f"Machine: {results['machine'].get('cpu', '')}, {results['machine']['threads']} threads, no GPU. "
+             "EM/F1 scored from each output file; 'forced' ignores the no-answer threshold (SQuAD v1.1 has "
+             "only answerable questions).", "",
+             "| engine | variant | q/s | × torch | no-answer lines | EM | F1 | forced EM | forced F1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['engine']} | {r['variant']} | {r['questions_per_second']:.1f} | "
+                     f"{r['questions_per_second'] / base['questions_per_second']:.2f} | {r['no_answer']} | "
+                     f"{r['exact']:.2f} | {r['f1']:.2f} | {r['forced_exact']:.2f} | {r['forced_f1']:.2f} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def forced_answer_scores(answers: Path, references: dict) -> dict:
+    """EM/F1 when every question gets its best span, threshold or not (the SQuAD v1.1 convention)."""
+    from toolkit.metrics import squad_scores
+
+    with open(answers, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return squad_scores({r["id"]: r.get("best_span") or "" for r in rows}, references)
+
+
+if __name__ == "__main__":
+    main()
