@@ -24,6 +24,7 @@ def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, tmp_path)
         assert row["questions_per_second"] > 0 and {"exact", "f1", "HasAns_f1", "NoAns_f1"} <= set(row)
     assert results["variants"]["torch"]["speedup_vs_baseline"]["b1-real"] == 1.0
     assert results["variants"]["onnx-fp32"]["answer_agreement_vs_baseline"] == 100.0
+    assert results["variants"]["onnx-fp32"]["span_agreement_vs_baseline"] == 100.0
     assert results["peer"]["questions_per_second"] > 0 and "f1" in results["peer"]
     assert "| onnx-int8 |" in (out / "results.md").read_text()
     assert (out / "latency.png").stat().st_size > 0

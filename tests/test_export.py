@@ -21,11 +21,12 @@ def test_export_merge_writes_every_cpu_variant_with_parity(exported_bert):
     for name in ("fp32", "opt", "int8"):
         v = manifest["variants"][name]
         assert (onnx / ONNX_FILES[name]).exists() and v["size_bytes"] > 0
-        assert {"max_abs_logit_diff", "answer_agreement", "delta_exact", "delta_f1", "passed"} <= set(v)
+        assert {"max_abs_logit_diff", "answer_agreement", "span_agreement", "delta_exact", "delta_f1",
+                "forced_delta_exact", "passed"} <= set(v)
         OrtPredictor(onnx / ONNX_FILES[name])  # loads in ONNX Runtime on the CPU
     for name in ("fp32", "opt"):
         assert manifest["variants"][name]["max_abs_logit_diff"] < 1e-4
-        assert manifest["variants"][name]["answer_agreement"] == 100.0
+        assert manifest["variants"][name]["answer_agreement"] == manifest["variants"][name]["span_agreement"] == 100.0
     assert manifest["variants"]["int8"]["max_abs_logit_diff"] < 1.0
     assert manifest["variants"]["fp16"]["passed"] is False and "CUDA" in manifest["variants"]["fp16"]["reason"]
     qa = QAConfig.load(onnx)

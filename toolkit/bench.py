@@ -184,7 +184,7 @@ def _accuracy_pass(predictors: dict, engine_qa: QAConfig, examples, features, pa
         seconds[n] += time.perf_counter() - t
         scores = squad_scores({e.id: a.prediction for e, a in zip(examples, answers)}, refs)
         out[n] = {"seconds": seconds[n], "questions_per_second": len(examples) / seconds[n],
-                  "answers": [a.prediction for a in answers], **scores}
+                  "answers": [a.prediction for a in answers], "spans": [a.text for a in answers], **scores}
     return out
 
 
@@ -291,9 +291,11 @@ def run_bench(cfg: BenchConfig, log=lambda m: print(m, file=sys.stderr)) -> dict
     rows = {}
     for v in variants:
         agree = sum(a == b for a, b in zip(accuracy[v]["answers"], accuracy[baseline]["answers"]))
+        span_agree = sum(a == b for a, b in zip(accuracy[v]["spans"], accuracy[baseline]["spans"]))
         rows[v] = {"size_mb": file_size(v, onnx_dir, torch_dir) / 2 ** 20, "peak_memory": memory[v],
-                   **{k: val for k, val in accuracy[v].items() if k != "answers"},
+                   **{k: val for k, val in accuracy[v].items() if k not in ("answers", "spans")},
                    "answer_agreement_vs_baseline": 100.0 * agree / len(examples),
+                   "span_agreement_vs_baseline": 100.0 * span_agree / len(examples),
                    "latency": {k: latency[k][v] for k in latency},
                    "roofline_fraction": {k: latency[k][v]["achieved_flops"] / peak for k in latency}}
     for v in variants:
@@ -337,19 +339,19 @@ def markdown(results: dict) -> str:
              f"{results['eval_set']['windows']} windows; no-answer threshold {results['eval_set']['null_threshold']:.3f}.",
              f"Dense fp32 matmul (torch): {results['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s. "
              f"Ratios are against `{base}`, measured in the same run.", "",
-             "| variant | size MB | peak RSS MB | q/s (eval) | × q/s | EM | F1 | HasAns F1 | NoAns F1 | agree % |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant | size MB | peak RSS MB | q/s (eval) | × q/s | EM | F1 | HasAns F1 | NoAns F1 | agree % | span agree % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for v, r in rows.items():
         lines.append(f"| {v} | {r['size_mb']:.1f} | {r['peak_memory']['above_baseline_mb']:.0f} | "
                      f"{r['questions_per_second']:.1f} | {r['throughput_ratio_vs_baseline']:.2f} | {r['exact']:.2f} | "
                      f"{r['f1']:.2f} | {r.get('HasAns_f1', float('nan')):.2f} | {r.get('NoAns_f1', float('nan')):.2f} | "
-                     f"{r['answer_agreement_vs_baseline']:.1f} |")
+                     f"{r['answer_agreement_vs_baseline']:.1f} | {r['span_agreement_vs_baseline']:.1f} |")
     peer = results.get("peer")
     if peer:
         lines.append(f"| peer: transformers pipeline + ORTModel | – | – | {peer['questions_per_second']:.1f} | "
                      f"{peer['questions_per_second'] / rows[base]['questions_per_second']:.2f} | {peer['exact']:.2f} | "
                      f"{peer['f1']:.2f} | {peer.get('HasAns_f1', float('nan')):.2f} | "
-                     f"{peer.get('NoAns_f1', float('nan')):.2f} | – |")
+                     f"{peer.get('NoAns_f1', float('nan')):.2f} | – | – |")
     lines += ["", "Latency per batch (ms, p50 / p95), speed-up of the mean vs the baseline, and fraction of the "
               "matmul peak achieved:", "",
               "| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]

@@ -112,7 +112,7 @@ def export(merge, adapter, model, output_dir, variants, optimization_level, quan
     except ExportError as e:
         raise click.ClickException(str(e)) from None
     table = {name: {k: v[k] for k in ("passed", "size_bytes", "max_abs_logit_diff", "answer_agreement",
-                                      "delta_exact", "delta_f1") if k in v} | ({"reason": v["reason"]} if "reason" in v else {})
+                                      "span_agreement", "delta_exact", "delta_f1", "forced_delta_exact") if k in v} | ({"reason": v["reason"]} if "reason" in v else {})
              for name, v in manifest["variants"].items()}
     click.echo(json.dumps({"default_variant": manifest["default_variant"], "variants": table,
                            "wall_seconds": manifest["wall_seconds"]}, indent=2))
