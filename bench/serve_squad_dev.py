@@ -14,7 +14,7 @@ from pathlib import Path
 
 from toolkit import data
 from toolkit.bench import machine_info
-from toolkit.engine import BatchSettings, default_threads, load_engine
+from toolkit.engine import default_threads, load_engine
 from toolkit.metrics import score_answer_file
 from toolkit.serve import serve_batch
 from toolkit.train import package_versions
@@ -41,7 +41,7 @@ def main() -> None:
     rows = []
     for engine, variant in RUNS:
         model = Path(args.export) / ("onnx" if engine == "onnx" else "merged")
-        qa_engine = load_engine(model, engine, "cpu", variant, BatchSettings())
+        qa_engine = load_engine(model, engine, "cpu", variant)
         answers = work / f"answers-{qa_engine.predictor.variant}.jsonl"
         print(f"{qa_engine.predictor.variant}: {len(examples)} questions", flush=True)
         summary = serve_batch(qa_engine, str(questions), str(answers), progress=False)

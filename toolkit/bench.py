@@ -44,7 +44,7 @@ class BenchConfig:
     latency_batches: int = 20  # timed batches per (variant, batch size, length)
     warmup_batches: int = 3
     eval_samples: int | None = None
-    accuracy_batch_size: int = 32
+    accuracy_batch_size: int | None = None  # default: the serving default of the device
     threads: int | None = None
     peer: bool = True  # the transformers QA pipeline over Optimum's ORTModelForQuestionAnswering
     seed: int = 42
@@ -122,7 +122,7 @@ def _memory_probe(args: tuple) -> dict:
     from toolkit.features import Features
 
     features = Features(inputs=features_inputs, example_index=[0] * len(features_inputs["input_ids"]), offsets=[])
-    feature_logits(predictor, features, pad_id, BatchSettings(batch_size=32))
+    feature_logits(predictor, features, pad_id, BatchSettings.for_device(predictor.device))
     peak = peak_rss_mb()
     return {"peak_rss_mb": peak, "above_baseline_mb": peak - baseline}
 
@@ -155,7 +155,7 @@ def machine_info(threads: int) -> dict:
 
 
 def _accuracy_pass(predictors: dict, engine_qa: QAConfig, examples, features, pad_id: int, chunk: int,
-                   batch_size: int) -> dict:
+                   batch_size: int | None) -> dict:
     """All eval windows through every variant, chunk by chunk in rotating order; answers and timings."""
     from toolkit.features import Features
 
@@ -163,7 +163,7 @@ def _accuracy_pass(predictors: dict, engine_qa: QAConfig, examples, features, pa
     seconds = {n: 0.0 for n in names}
     start = {n: [None] * len(features) for n in names}
     end = {n: [None] * len(features) for n in names}
-    settings = BatchSettings(batch_size=batch_size)
+    settings = BatchSettings.for_device("cuda" if cuda_available() else "cpu", batch_size)
     for c, first in enumerate(range(0, len(features), chunk)):
         rows = list(range(first, min(first + chunk, len(features))))
         part = Features(inputs={k: [v[i] for i in rows] for k, v in features.inputs.items()},

@@ -129,9 +129,9 @@ def export(merge, adapter, model, output_dir, variants, optimization_level, quan
               help="auto picks CUDA only where it really works; cuda without CUDA is an error.")
 @click.option("--variant", help="ONNX: fp32, opt, int8, fp16 (default: the export's choice for the device). "
                                 "torch: fp32, fp16 (CUDA).")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Most windows per batch.")
-@click.option("--max-batch-tokens", type=int, default=16384, show_default=True,
-              help="Most padded tokens per batch (batches are bucketed by length).")
+@click.option("--batch-size", type=int, help="Most windows per batch. Default: 8 on CPU, 64 on CUDA.")
+@click.option("--max-batch-tokens", type=int,
+              help="Most padded tokens per batch (batches are bucketed by length). Default: 4096 on CPU, 32768 on CUDA.")
 @click.option("--threads", type=int, help="Intra-op threads. Default: physical cores.")
 @click.option("--chunk-size", type=int, default=1024, show_default=True,
               help="Lines read, answered and written at a time (bounds memory).")
@@ -142,13 +142,13 @@ def serve_batch(input_path, model, output, engine, device, variant, batch_size, 
     """Answer every line of INPUT.jsonl ({"id"?, "question", "context"}) into one output line each."""
     from dataclasses import asdict
 
-    from toolkit.engine import BatchSettings, EngineError, load_engine
+    from toolkit.engine import EngineError, load_engine
     from toolkit.serve import serve_batch as run
 
     if output is None:
         output = "-" if input_path == "-" else str(Path(input_path).with_suffix(".answers.jsonl"))
     try:
-        qa_engine = load_engine(model, engine, device, variant, BatchSettings(batch_size, max_batch_tokens), threads)
+        qa_engine = load_engine(model, engine, device, variant, batch_size, max_batch_tokens, threads)
     except EngineError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"engine: {qa_engine.predictor.variant} on {qa_engine.predictor.provider}", err=True)

@@ -143,9 +143,15 @@ def pad_batch(features: Features, rows: list[int], pad_id: int, pad_to: int | No
 
 @dataclass
 class BatchSettings:
-    batch_size: int = 32
-    max_batch_tokens: int = 16384
+    batch_size: int = 8
+    max_batch_tokens: int = 4096
     pad_to: int | None = None  # pad every batch to this length (benchmarks); None = per batch
+
+    @classmethod
+    def for_device(cls, device: str, batch_size: int | None = None, max_batch_tokens: int | None = None):
+        """Defaults that measured best: small batches on CPU (attention memory traffic), large on CUDA."""
+        default = cls(64, 32768) if device == "cuda" else cls(8, 4096)
+        return cls(batch_size or default.batch_size, max_batch_tokens or default.max_batch_tokens)
 
 
 def feature_logits(predictor, features: Features, pad_id: int, settings: BatchSettings):
@@ -186,7 +192,8 @@ class QAEngine:
 
 
 def load_engine(model_dir: str | Path, engine: str = "auto", device: str = "auto", variant: str | None = None,
-                settings: BatchSettings | None = None, threads: int | None = None) -> QAEngine:
+                batch_size: int | None = None, max_batch_tokens: int | None = None,
+                threads: int | None = None) -> QAEngine:
     """An engine for an export dir (ONNX) or an adapter/merged/full model dir (torch)."""
     from toolkit.modeling import load_for_inference, load_tokenizer
 
@@ -194,6 +201,7 @@ def load_engine(model_dir: str | Path, engine: str = "auto", device: str = "auto
     if not model_dir.is_dir():
         raise EngineError(f"model directory not found: {model_dir}")
     device = resolve_device(device)
+    settings = BatchSettings.for_device(device, batch_size, max_batch_tokens)
     has_onnx = any((model_dir / f).exists() for f in ONNX_FILES.values())
     if engine == "auto":
         engine = "onnx" if has_onnx else "torch"

@@ -171,7 +171,7 @@ def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     spec, examples = _parity_examples(cfg, train_manifest)
     contexts = [e.context for e in examples]
     features = QAEngine(None, tokenizer, qa).features([e.question for e in examples], contexts)
-    settings = BatchSettings(batch_size=32)
+    settings = BatchSettings.for_device("cpu")
     log(f"parity set: {len(examples)} questions ({spec}) -> {len(features)} windows")
 
     out.parent.mkdir(parents=True, exist_ok=True)

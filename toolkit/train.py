@@ -109,7 +109,8 @@ class TableCallback(TrainerCallback):
         self.add(state, metrics)
 
     def add(self, state, metrics: dict) -> None:
-        losses = [h["loss"] for h in state.log_history if "loss" in h]
+        # Mean training loss of the logging interval ending at this step; none for an off-interval final row.
+        losses = [h["loss"] for h in state.log_history if "loss" in h and h.get("step") == state.global_step]
         row = {"step": state.global_step, "train_loss": losses[-1] if losses else float("nan"),
                "val_loss": metrics.get("eval_loss", float("nan"))}
         for col in TABLE_COLUMNS[3:]:
