@@ -1,6 +1,7 @@
 """The `qa-toolkit` command: parse options, call the library, print. Nothing else lives here."""
 
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -8,15 +9,14 @@ from pathlib import Path
 import click
 
 from toolkit.config import DEFAULT_MODEL, TrainConfig
-from toolkit.data import DataError
-from toolkit.modeling import ModelError
+from toolkit.engine import EngineError
+from toolkit.export import ExportError
 
-USER_ERRORS = (DataError, ModelError, ValueError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (ValueError, FileNotFoundError, EngineError, ExportError)  # DataError, ModelError, ... are ValueErrors
 
 
 def fail_clearly(fn):
-    """Turn the library's user-facing errors into one 'Error: ...' line and exit code 2."""
-    import functools
+    """Turn the library's user-facing errors into one 'Error: ...' line and exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -100,17 +100,14 @@ def train(config_file, resume, lora_targets, **flags):
 def export(merge, adapter, model, output_dir, variants, optimization_level, quantization, eval_file, eval_samples,
            max_em_drop, overwrite):
     """Export a model to ONNX variants through Optimum and check each against PyTorch."""
-    from toolkit.export import ExportConfig, ExportError
+    from toolkit.export import ExportConfig
     from toolkit.export import export as run
 
     cfg = ExportConfig(adapter=adapter, model=model, output_dir=output_dir, merge=merge,
                        variants=[v.strip() for v in variants.split(",") if v.strip()],
                        optimization_level=optimization_level, quantization=quantization, eval_file=eval_file,
                        eval_samples=eval_samples, max_em_drop=max_em_drop, overwrite=overwrite)
-    try:
-        manifest = run(cfg)
-    except ExportError as e:
-        raise click.ClickException(str(e)) from None
+    manifest = run(cfg)
     table = {name: {k: v[k] for k in ("passed", "size_bytes", "max_abs_logit_diff", "answer_agreement",
                                       "span_agreement", "delta_exact", "delta_f1", "forced_delta_exact") if k in v} | ({"reason": v["reason"]} if "reason" in v else {})
              for name, v in manifest["variants"].items()}
@@ -142,15 +139,12 @@ def serve_batch(input_path, model, output, engine, device, variant, batch_size, 
     """Answer every line of INPUT.jsonl ({"id"?, "question", "context"}) into one output line each."""
     from dataclasses import asdict
 
-    from toolkit.engine import EngineError, load_engine
+    from toolkit.engine import load_engine
     from toolkit.serve import serve_batch as run
 
     if output is None:
         output = "-" if input_path == "-" else str(Path(input_path).with_suffix(".answers.jsonl"))
-    try:
-        qa_engine = load_engine(model, engine, device, variant, batch_size, max_batch_tokens, threads)
-    except EngineError as e:
-        raise click.ClickException(str(e)) from None
+    qa_engine = load_engine(model, engine, device, variant, batch_size, max_batch_tokens, threads)
     click.echo(f"engine: {qa_engine.predictor.variant} on {qa_engine.predictor.provider}", err=True)
     summary = asdict(run(qa_engine, input_path, output, chunk_size))
     click.echo(json.dumps(summary), err=True)
