@@ -9,7 +9,7 @@ from tests.conftest import LONG_CONTEXT, squad_fixture
 from toolkit.cli import main
 from toolkit.config import QAConfig
 from toolkit.engine import BatchSettings, QAEngine, batches, load_engine, pad_batch
-from toolkit.serve import parse_line, serve_batch
+from toolkit.serve import parse_line
 
 
 def fixture_lines():
@@ -100,7 +100,7 @@ def test_cuda_without_cuda_is_a_clear_error(exported_bert, tmp_path):
     assert result.exit_code != 0 and "no usable CUDA" in result.output
 
 
-def test_int8_on_cuda_and_unknown_variant_are_refused(exported_bert, tmp_path):
+def test_unknown_variant_is_refused(exported_bert, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", fixture_lines()[:1])
     result = serve(str(src), "--model", str(exported_bert / "onnx"), "--variant", "int4")
     assert result.exit_code != 0 and "unknown variant" in result.output
