@@ -22,7 +22,7 @@ from toolkit.engine import (ONNX_FILES, BatchSettings, OrtPredictor, QAEngine, T
                             default_threads, feature_logits, pad_batch)
 from toolkit.metrics import squad_scores
 from toolkit.postprocess import answer_all
-from toolkit.train import package_versions, peak_rss_mb
+from toolkit.train import first_answer, package_versions, peak_rss_mb
 
 VARIANTS = ("torch", "torch-fp16", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-fp16")
 GPU_ONLY = {"torch-fp16", "onnx-fp16"}
@@ -274,7 +274,9 @@ def run_bench(cfg: BenchConfig, log=lambda m: print(m, file=sys.stderr)) -> dict
     log("accuracy and throughput over the eval set (interleaved chunks)")
     accuracy = _accuracy_pass(predictors, qa, examples, features, tokenizer.pad_token_id, 256,
                               cfg.accuracy_batch_size)
-    model_config = load_config(torch_dir)
+    from transformers import AutoConfig
+
+    model_config = AutoConfig.from_pretrained(torch_dir)
     latency = {}
     for b in cfg.batch_sizes:
         for seq in cfg.seq_lens:
@@ -318,12 +320,6 @@ def run_bench(cfg: BenchConfig, log=lambda m: print(m, file=sys.stderr)) -> dict
     plot(results, out / "latency.png")
     log(f"results in {out}")
     return results
-
-
-def load_config(model_dir: Path):
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(model_dir)
 
 
 def markdown(results: dict) -> str:
@@ -421,7 +417,7 @@ def _train_probe(args: tuple) -> dict:
     tokenizer = modeling.load_tokenizer(cfg.model)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else data_mod.default_cache_dir()
     examples, _ = data_mod.load_examples([cfg.eval_file], cache, cfg.seed, cfg.batch_size, "validation")
-    answers = [None if e.is_impossible else (e.answer_starts[0], e.answer_texts[0]) for e in examples]
+    answers = [first_answer(e) for e in examples]
     features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples],
                               FeatureConfig(max_length=cfg.max_length), answers)
     rows = list(range(min(cfg.batch_size, len(features))))

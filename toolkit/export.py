@@ -149,8 +149,7 @@ def _build_variants(cfg: ExportConfig, onnx_dir: Path, log) -> dict[str, str]:
         else:
             skipped["fp16"] = "needs a CUDA GPU (none usable here); export again on a GPU machine for fp16"
             log(f"fp16 skipped: {skipped['fp16']}")
-    for stray in ("ort_config.json",):  # Optimum's own record; ours is export_manifest.json
-        (onnx_dir / stray).unlink(missing_ok=True)
+    (onnx_dir / "ort_config.json").unlink(missing_ok=True)  # Optimum's record; ours is export_manifest.json
     return skipped
 
 

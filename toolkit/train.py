@@ -61,7 +61,7 @@ class EvalSet:
     def __init__(self, examples, tokenizer, cfg: TrainConfig):
         self.examples = examples
         self.features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples],
-                                       cfg.features(), answers=[_first_answer(e) for e in examples])
+                                       cfg.features(), answers=[first_answer(e) for e in examples])
         self.references = data_mod.references(examples)
         self.cfg = cfg
 
@@ -70,7 +70,9 @@ class EvalSet:
                           start_logits, end_logits, self.cfg.n_best, self.cfg.max_answer_length, threshold)
 
     def score(self, start_logits: np.ndarray, end_logits: np.ndarray, threshold: float = 0.0) -> dict:
-        answers = self.answers(start_logits, end_logits, threshold)
+        return self.score_answers(self.answers(start_logits, end_logits, threshold), start_logits, end_logits)
+
+    def score_answers(self, answers, start_logits: np.ndarray, end_logits: np.ndarray) -> dict:
         scores = squad_scores({e.id: a.prediction for e, a in zip(self.examples, answers)}, self.references)
         labels = np.array(self.features.start_positions), np.array(self.features.end_positions)
         return {**position_metrics(start_logits, end_logits, *labels), **scores}
@@ -79,7 +81,7 @@ class EvalSet:
         return any(e.is_impossible for e in self.examples)
 
 
-def _first_answer(example) -> tuple[int, str] | None:
+def first_answer(example) -> tuple[int, str] | None:
     return None if example.is_impossible else (example.answer_starts[0], example.answer_texts[0])
 
 
@@ -172,7 +174,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     eval_examples, long_eval = drop_long_questions(eval_examples, tokenizer, cfg.max_question_tokens)
     train_features = build_features(tokenizer, [e.question for e in train_examples],
                                     [e.context for e in train_examples], cfg.features(),
-                                    answers=[_first_answer(e) for e in train_examples])
+                                    answers=[first_answer(e) for e in train_examples])
     evalset = EvalSet(eval_examples, tokenizer, cfg)
     print(f"train: {len(train_examples)} questions -> {len(train_features)} windows; "
           f"eval: {len(eval_examples)} questions -> {len(evalset.features)} windows", file=sys.stderr)
@@ -198,16 +200,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         table.add(trainer.state, final.metrics)
     start_logits, end_logits = final.predictions
     threshold_note = "tuned on the eval set (max F1)"
+    answers_0 = evalset.answers(start_logits, end_logits, 0.0)
     if evalset.has_unanswerable():
-        answers = evalset.answers(start_logits, end_logits, 0.0)
-        best = best_null_threshold({e.id: a.text for e, a in zip(eval_examples, answers)},
-                                   {e.id: a.null_score_diff for e, a in zip(eval_examples, answers)},
+        best = best_null_threshold({e.id: a.text for e, a in zip(eval_examples, answers_0)},
+                                   {e.id: a.null_score_diff for e, a in zip(eval_examples, answers_0)},
                                    evalset.references)
         threshold = best.threshold
     else:
         threshold, threshold_note = 0.0, "default 0.0: the eval set has no unanswerable question to tune on"
-    final_scores = evalset.score(start_logits, end_logits, threshold)
     predictions = evalset.answers(start_logits, end_logits, threshold)
+    final_scores = evalset.score_answers(predictions, start_logits, end_logits)
 
     qa = QAConfig(base_model=cfg.model, model_type=model.config.model_type,
                   max_length=cfg.max_length, doc_stride=cfg.doc_stride, max_question_tokens=cfg.max_question_tokens,
@@ -242,7 +244,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                    "wall_seconds": time.time() - started},
         "peak_rss_mb": peak_rss_mb(),
         "null_threshold": {"value": threshold, "how": threshold_note},
-        "final_metrics": {"threshold_0": evalset.score(start_logits, end_logits, 0.0), "tuned": final_scores},
+        "final_metrics": {"threshold_0": evalset.score_answers(answers_0, start_logits, end_logits),
+                          "tuned": final_scores},
         "table": table.rows,
     }
     for directory in (out, model_dir):
