@@ -46,7 +46,7 @@ def main() -> None:
         print(f"{qa_engine.predictor.variant}: {len(examples)} questions", flush=True)
         summary = serve_batch(qa_engine, str(questions), str(answers), progress=False)
         scores = score_answer_file(str(answers), references)
-        forced = forced_answer_scores(answers, references)
+        forced = score_answer_file(str(answers), references, best_span=True)
         rows.append({"engine": engine, "variant": qa_engine.predictor.variant, "provider": summary.provider,
                      "lines": summary.lines, "errors": summary.errors, "no_answer": summary.no_answer,
                      "seconds": summary.seconds, "questions_per_second": summary.questions_per_second,
@@ -71,15 +71,6 @@ def main() -> None:
                      f"{r['exact']:.2f} | {r['f1']:.2f} | {r['forced_exact']:.2f} | {r['forced_f1']:.2f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def forced_answer_scores(answers: Path, references: dict) -> dict:
-    """EM/F1 when every question gets its best span, threshold or not (the SQuAD v1.1 convention)."""
-    from toolkit.metrics import squad_scores
-
-    with open(answers, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
-    return squad_scores({r["id"]: r.get("best_span") or "" for r in rows}, references)
 
 
 if __name__ == "__main__":

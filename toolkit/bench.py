@@ -18,6 +18,7 @@ import numpy as np
 
 from toolkit import data as data_mod
 from toolkit.config import QAConfig
+from toolkit.modeling import encoder_flops, matmul_flops_per_second
 from toolkit.engine import (ONNX_FILES, BatchSettings, OrtPredictor, QAEngine, TorchPredictor, cuda_available,
                             default_threads, feature_logits, pad_batch)
 from toolkit.metrics import squad_scores
@@ -81,30 +82,6 @@ def file_size(variant: str, onnx_dir: Path, torch_dir: Path) -> int:
     if variant.startswith("torch"):
         return sum(p.stat().st_size for p in torch_dir.glob("*.safetensors"))
     return (onnx_dir / ONNX_FILES[variant.removeprefix("onnx-")]).stat().st_size
-
-
-def encoder_flops(config, seq_len: int) -> float:
-    """Multiply-add FLOPs (x2) of one window through the encoder and QA head (embeddings excluded)."""
-    h = getattr(config, "hidden_size", None) or config.dim
-    inner = getattr(config, "intermediate_size", None) or config.hidden_dim
-    layers = getattr(config, "num_hidden_layers", None) or config.n_layers
-    per_layer = 2 * seq_len * (4 * h * h + 2 * h * inner) + 2 * 2 * seq_len * seq_len * h
-    return layers * per_layer + 2 * seq_len * h * 2
-
-
-def matmul_flops_per_second(threads: int, n: int = 1024, repeats: int = 10) -> float:
-    """This machine's dense fp32 matmul rate through torch (best of several runs)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
 
 
 def _percentile(values: list[float], q: float) -> float:

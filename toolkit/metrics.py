@@ -135,11 +135,12 @@ def position_metrics(
     }
 
 
-def score_answer_file(path: str, references: dict[str, list[str]]) -> dict:
+def score_answer_file(path: str, references: dict[str, list[str]], best_span: bool = False) -> dict:
     """Score a serve-batch output (JSONL: id, answer or null, or error) against references.
 
     Lines with an error or a null answer count as "no answer"; ids not in the references are
-    reported, not scored.
+    reported, not scored. ``best_span`` scores each line's best span whatever the no-answer
+    threshold said (the SQuAD v1.1 convention: every question has an answer).
     """
     predictions, errors, unknown = {}, 0, 0
     with open(path, encoding="utf-8") as f:
@@ -149,8 +150,30 @@ def score_answer_file(path: str, references: dict[str, list[str]]) -> dict:
                 unknown += 1
                 continue
             errors += "error" in row
-            predictions[row["id"]] = row.get("answer") or ""
+            predictions[row["id"]] = row.get("best_span" if best_span else "answer") or ""
     scores = squad_scores(predictions, references)
     scores.update(lines_scored=len(predictions), error_lines=errors, unknown_ids=unknown,
                   missing_ids=len(set(references) - set(predictions)))
     return scores
+
+
+def sample_answers(path: str, examples: list, n: int) -> list[str]:
+    """A readable line for each of the first n answered lines of a serve-batch output: the question,
+    the answer with its start/end confidences, and the reference answers."""
+    by_id = {e.id: e for e in examples}
+    lines: list[str] = []
+    if n <= 0:
+        return lines
+    with open(path, encoding="utf-8") as f:
+        for raw in f:
+            row = json.loads(raw)
+            example = by_id.get(row["id"])
+            if example is None or "error" in row:
+                continue
+            answer = "(no answer)" if row["answer"] is None else repr(row["answer"])
+            gold = " | ".join(repr(t) for t in dict.fromkeys(example.answer_texts)) or "(unanswerable)"
+            lines.append(f"Q: {example.question}\n   answer: {answer} (start {row['start_confidence']:.2f}, "
+                         f"end {row['end_confidence']:.2f}; best span {row['best_span']!r})\n   reference: {gold}")
+            if len(lines) == n:
+                break
+    return lines

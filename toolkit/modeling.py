@@ -1,5 +1,6 @@
-"""Base models, LoRA targets per architecture, adapters and merging."""
+"""Base models, LoRA targets per architecture, adapters and merging; model FLOPs and this machine's matmul rate."""
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ LORA_TARGETS = {
     "mpnet": ["q", "k", "v", "o"],
 }
 HEAD = "qa_outputs"  # the span-prediction head of every *ForQuestionAnswering model here
+ALL_LINEAR = "all-linear"  # --lora-targets keyword: attention and feed-forward of every layer
+ATTENTION = "attention"  # --lora-targets keyword: the attention projections of LORA_TARGETS
 
 
 class ModelError(ValueError):
@@ -62,11 +65,63 @@ def load_base(spec: str, seed: int = 42):
     return _load(AutoModelForQuestionAnswering.from_pretrained, spec, "model", config=config)
 
 
+def encoder_flops(config, seq_len: int) -> float:
+    """Multiply-add FLOPs (x2) of one window through the encoder and QA head (embeddings excluded)."""
+    h = getattr(config, "hidden_size", None) or config.dim
+    inner = getattr(config, "intermediate_size", None) or config.hidden_dim
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layers
+    per_layer = 2 * seq_len * (4 * h * h + 2 * h * inner) + 2 * 2 * seq_len * seq_len * h
+    return layers * per_layer + 2 * seq_len * h * 2
+
+
+def matmul_flops_per_second(threads: int, n: int = 1024, repeats: int = 10) -> float:
+    """This machine's dense fp32 matmul rate through torch (best of several runs)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (avx512_vnni, avx512_bf16, amx_bf16, ...); empty where unknown."""
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return set()
+
+
+def encoder_linear_layers(linear: list[str]) -> list[str]:
+    """Every linear module of the encoder layers (attention and feed-forward), as names below
+    'layer.N.', excluding the QA head and any pooler."""
+    suffixes = set()
+    for name in linear:
+        parts = name.split(".")
+        if HEAD in parts or "pooler" in parts:
+            continue
+        for i in range(len(parts) - 1):
+            if parts[i] == "layer" and parts[i + 1].isdigit():
+                suffixes.add(".".join(parts[i + 2:]))
+                break
+    return sorted(suffixes)
+
+
 def lora_targets(model, override: list[str] | None = None) -> list[str]:
-    """Module names LoRA adapts: the override, or the attention projections of this architecture."""
+    """Module names LoRA adapts: ``all-linear`` (every linear layer of the encoder), ``attention`` or None
+    (the attention projections of this architecture), or the names given."""
     model_type = model.config.model_type
-    targets = override or LORA_TARGETS.get(model_type)
     linear = sorted({name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    if override == [ALL_LINEAR]:
+        targets = encoder_linear_layers(linear)
+        if not targets:
+            raise ModelError(f"found no 'layer.N.' linear modules in this '{model_type}' model; "
+                             f"name them with --lora-targets (e.g. {', '.join(linear[:6])})")
+        return targets
+    targets = LORA_TARGETS.get(model_type) if override in (None, [ATTENTION]) else override
     if targets is None:
         leaves = sorted({n.split(".")[-1] for n in linear})
         raise ModelError(f"no LoRA targets known for model_type '{model_type}'; pass --lora-targets "

@@ -1,17 +1,23 @@
 """serve-batch: a JSONL stream of questions in, one JSONL answer line per input line out, in order.
 
 Input lines hold ``question``, ``context`` and optionally ``id`` (the line number otherwise). A line
-that cannot be answered gets an ``error`` naming the problem and never affects the others. Lines are
-read in chunks, so memory stays bounded whatever the file size; within a chunk, windows are bucketed
-by length. The output goes to a temporary file renamed into place at the end (or to stdout with ``-``).
+that cannot be answered gets an ``error`` naming the problem and never affects the others; a line's
+cost is bounded (bytes read, context tokens). Lines are read in chunks, so memory stays bounded
+whatever the file size; within a chunk, windows are bucketed by length.
+
+The output is written, chunk by chunk, to a hidden partial file beside it (``.NAME.partial``, with
+``.NAME.partial.json`` saying which input, model and settings it belongs to) and renamed into place
+at the end, so nothing half-written is ever visible under the output's name. After a crash or kill,
+``resume`` keeps the partial's whole chunks and answers only the rest: the same chunks hold the same
+lines, so the final file is byte for byte that of an uninterrupted run.
 """
 
+import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -19,6 +25,18 @@ from tqdm.auto import tqdm
 
 from toolkit.engine import QAEngine
 from toolkit.features import question_lengths
+
+
+class ServeError(ValueError):
+    """A serve-batch job that cannot start or resume as asked; the message says why."""
+
+
+@dataclass
+class ServeConfig:
+    chunk_size: int = 1024  # lines read, answered and written at a time
+    max_line_bytes: int = 1 << 20  # a longer input line is an error, never read into memory whole
+    max_context_tokens: int = 4096  # a longer context is an error (SQuAD's longest is ~850 tokens)
+    resume: bool = False  # continue from the partial output of an interrupted run
 
 
 @dataclass
@@ -36,11 +54,21 @@ class Summary:
     answered: int = 0
     no_answer: int = 0
     errors: int = 0
+    resumed_lines: int = 0  # lines kept from an interrupted run's partial output
     seconds: float = 0.0
-    questions_per_second: float = 0.0
+    questions_per_second: float = 0.0  # lines answered (not errors) in this run / its seconds
     provider: str = ""
     variant: str = ""
     output: str = ""
+
+    def count(self, row: dict) -> None:
+        self.lines += 1
+        if "error" in row:
+            self.errors += 1
+        elif row["no_answer"]:
+            self.no_answer += 1
+        else:
+            self.answered += 1
 
 
 def parse_line(raw: bytes, line: int) -> Query:
@@ -80,24 +108,63 @@ def parse_line(raw: bytes, line: int) -> Query:
     return query
 
 
-def read_chunks(stream: IO[bytes], size: int) -> Iterator[list[Query]]:
+def read_lines(stream: IO[bytes], max_bytes: int) -> Iterator[bytes | int]:
+    """Each line without its line end; for a line longer than max_bytes, its size in bytes instead
+    (the line is skipped in pieces, never held whole)."""
+    while True:
+        raw = stream.readline(max_bytes + 2)  # room for the line's own b"\r\n"
+        if not raw:
+            return
+        line = raw.rstrip(b"\r\n")
+        if len(line) <= max_bytes and (raw.endswith(b"\n") or len(raw) <= max_bytes):
+            yield line
+            continue
+        size = len(raw)
+        while not raw.endswith(b"\n"):
+            raw = stream.readline(1 << 20)
+            if not raw:
+                break
+            size += len(raw)
+        yield size - (2 if raw.endswith(b"\r\n") else 1 if raw.endswith(b"\n") else 0)
+
+
+def read_chunks(stream: IO[bytes], cfg: ServeConfig, skip: int = 0) -> Iterator[list[Query]]:
+    """Parsed queries, cfg.chunk_size at a time, after the first ``skip`` lines (still counted)."""
     chunk = []
-    for n, raw in enumerate(stream, 1):
-        chunk.append(parse_line(raw.rstrip(b"\r\n"), n))
-        if len(chunk) == size:
+    for n, item in enumerate(read_lines(stream, cfg.max_line_bytes), 1):
+        if n <= skip:
+            continue
+        if isinstance(item, int):
+            chunk.append(Query(line=n, id=str(n), error=f"line too long: {item} bytes "
+                                                        f"(at most {cfg.max_line_bytes}; see --max-line-bytes)"))
+        else:
+            chunk.append(parse_line(item, n))
+        if len(chunk) == cfg.chunk_size:
             yield chunk
             chunk = []
     if chunk:
         yield chunk
 
 
-def answer_chunk(engine: QAEngine, chunk: list[Query]) -> list[dict]:
+def check_sizes(engine: QAEngine, queries: list[Query], max_context_tokens: int) -> None:
+    """Mark questions and contexts over their token limits as errors. A context of at most
+    max_context_tokens UTF-8 bytes cannot have more tokens, so only longer ones are tokenised."""
     limit = engine.qa.max_question_tokens
-    good = [q for q in chunk if q.error is None]
-    for q, n in zip(good, question_lengths(engine.tokenizer, [q.question for q in good])):
+    for q, n in zip(queries, question_lengths(engine.tokenizer, [q.question for q in queries])):
         if n > limit:
             q.error = f"question too long: {n} tokens (at most {limit})"
-    good = [q for q in good if q.error is None]
+    suspects = [q for q in queries if q.error is None and len(q.context.encode("utf-8")) > max_context_tokens]
+    if suspects:
+        counts = engine.tokenizer([q.context for q in suspects], add_special_tokens=False)["input_ids"]
+        for q, ids in zip(suspects, counts):
+            if len(ids) > max_context_tokens:
+                q.error = (f"context too long: {len(ids)} tokens "
+                           f"(at most {max_context_tokens}; see --max-context-tokens)")
+
+
+def answer_chunk(engine: QAEngine, chunk: list[Query], max_context_tokens: int = ServeConfig.max_context_tokens) -> list[dict]:
+    check_sizes(engine, [q for q in chunk if q.error is None], max_context_tokens)
+    good = [q for q in chunk if q.error is None]
     answers = dict(zip((q.line for q in good), engine.answer([q.question for q in good], [q.context for q in good])))
     out = []
     for q in chunk:
@@ -122,51 +189,134 @@ def _count_lines(path: Path) -> int:
         return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
 
 
-def serve_batch(engine: QAEngine, input_path: str, output_path: str, chunk_size: int = 1024,
-                progress: bool | None = None) -> Summary:
-    """Answer every line of input_path (a file or -) into output_path (a file or -)."""
+def check_paths(input_path: str, output_path: str) -> None:
+    """Refuse an output that is the input file (same path, symlink or hard link) before anything is read."""
     if input_path != "-" and not Path(input_path).is_file():
         raise FileNotFoundError(f"input file not found: {input_path}")
+    if "-" in (input_path, output_path):
+        return
+    output = Path(output_path)
+    if Path(input_path).resolve() == output.resolve() or (output.exists() and os.path.samefile(input_path, output)):
+        raise ServeError(f"the output {output_path} is the input file {input_path}: answering would replace the "
+                         "questions; choose another -o")
+
+
+def partial_paths(output_path: str) -> tuple[Path, Path]:
+    target = Path(output_path)
+    partial = target.with_name(f".{target.name}.partial")
+    return partial, partial.with_name(partial.name + ".json")
+
+
+def job_identity(engine: QAEngine, input_path: str, cfg: ServeConfig) -> dict:
+    """What the output depends on: the input's bytes, the model's files and every setting that shapes batches."""
+    digest = hashlib.sha256()
+    with open(input_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"input": {"path": str(Path(input_path).resolve()), "sha256": digest.hexdigest()},
+            "model": engine.source, "qa_config": asdict(engine.qa), "batches": asdict(engine.settings),
+            "settings": {"chunk_size": cfg.chunk_size, "max_line_bytes": cfg.max_line_bytes,
+                         "max_context_tokens": cfg.max_context_tokens}}
+
+
+def keep_whole_chunks(partial: Path, chunk_size: int, summary: Summary) -> int:
+    """Cut the partial output back to its last whole chunk; count what is kept. Returns lines kept."""
+    kept, offset, keep_offset, rows = 0, 0, 0, []
+    with open(partial, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError:
+                break
+            if row.get("line") != kept + len(rows) + 1:
+                raise ServeError(f"--resume: {partial} is not a serve-batch partial output (line {kept + len(rows) + 1} "
+                                 f"holds line {row.get('line')}); rerun without --resume")
+            rows.append(row)
+            offset += len(raw)
+            if len(rows) == chunk_size:
+                for r in rows:
+                    summary.count(r)
+                kept, rows = kept + chunk_size, []
+                keep_offset = offset
+    with open(partial, "r+b") as f:
+        f.truncate(keep_offset)
+    return kept
+
+
+def start_partial(engine: QAEngine, input_path: str, output_path: str, cfg: ServeConfig,
+                  summary: Summary) -> tuple[Path, int]:
+    """The partial file to append to, and how many input lines it already answers."""
+    partial, meta = partial_paths(output_path)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    identity = job_identity(engine, input_path, cfg) if input_path != "-" else None
+    if cfg.resume:
+        if identity is None:
+            raise ServeError("--resume needs an input file, not standard input")
+        if partial.exists() and meta.exists():
+            saved = json.loads(meta.read_text())
+            changed = sorted(k for k in identity if saved.get(k) != identity[k])
+            if changed:
+                raise ServeError(f"--resume: the partial output {partial} belongs to another job (its {', '.join(changed)} "
+                                 "differ); rerun without --resume to start over")
+            done = keep_whole_chunks(partial, cfg.chunk_size, summary)
+            summary.resumed_lines = done
+            print(f"resuming after {done} lines kept from {partial}", file=sys.stderr)
+            return partial, done
+        print(f"--resume: no partial output at {partial}; starting from the first line", file=sys.stderr)
+    partial.write_bytes(b"")
+    if identity is not None:
+        meta.write_text(json.dumps(identity, indent=2) + "\n")
+    elif meta.exists():
+        meta.unlink()
+    return partial, 0
+
+
+def serve_batch(engine: QAEngine, input_path: str, output_path: str, cfg: ServeConfig | None = None,
+                progress: bool | None = None) -> Summary:
+    """Answer every line of input_path (a file or -) into output_path (a file or -)."""
+    cfg = cfg or ServeConfig()
+    if cfg.chunk_size < 1 or cfg.max_line_bytes < 1 or cfg.max_context_tokens < 1:
+        raise ServeError("chunk size, --max-line-bytes and --max-context-tokens must be positive")
+    check_paths(input_path, output_path)
+    if cfg.resume and output_path == "-":
+        raise ServeError("--resume needs an output file, not standard output")
     summary = Summary(provider=engine.predictor.provider, variant=engine.predictor.variant, output=output_path)
     if progress is None:
         progress = sys.stderr.isatty()
     total = _count_lines(Path(input_path)) if input_path != "-" and progress else None
     started = time.perf_counter()
-    source = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
+    fresh = 0  # lines answered (not errors) by this run
     if output_path == "-":
-        sink, temp = sys.stdout, None
+        partial, done, sink = None, 0, sys.stdout
     else:
-        target = Path(output_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-        sink = os.fdopen(fd, "w", encoding="utf-8")
+        partial, done = start_partial(engine, input_path, output_path, cfg, summary)
+        sink = open(partial, "a", encoding="utf-8")
+    source = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
     try:
-        with tqdm(total=total, unit="q", disable=not progress, file=sys.stderr) as bar:
-            for chunk in read_chunks(source, chunk_size):
-                for row in answer_chunk(engine, chunk):
-                    sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    summary.lines += 1
-                    if "error" in row:
-                        summary.errors += 1
-                    elif row["no_answer"]:
-                        summary.no_answer += 1
-                    else:
-                        summary.answered += 1
+        with tqdm(total=total, initial=done, unit="q", disable=not progress, file=sys.stderr) as bar:
+            for chunk in read_chunks(source, cfg, skip=done):
+                rows = answer_chunk(engine, chunk, cfg.max_context_tokens)
+                sink.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+                sink.flush()  # whole chunks reach the file: what --resume keeps
+                for row in rows:
+                    summary.count(row)
+                    fresh += "error" not in row
                 bar.update(len(chunk))
-        sink.flush()
-        if temp is not None:
+        if partial is not None:
             sink.close()
-            os.replace(temp, output_path)
+            os.replace(partial, output_path)
+            partial_paths(output_path)[1].unlink(missing_ok=True)
     except BaseException:
-        if temp is not None:
+        if partial is not None:
             sink.close()
-            os.unlink(temp)
+            print(f"serve-batch stopped; the partial output is kept at {partial}: rerun the same command with "
+                  "--resume to continue from it", file=sys.stderr)
         raise
     finally:
         if source is not sys.stdin.buffer:
             source.close()
     summary.seconds = time.perf_counter() - started
-    answered = summary.lines - summary.errors
-    summary.questions_per_second = answered / summary.seconds if summary.seconds > 0 else 0.0
+    summary.questions_per_second = fresh / summary.seconds if summary.seconds > 0 else 0.0
     return summary
-

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import SequentialSampler
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
@@ -55,8 +56,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+class QATrainer(Trainer):
+    """Trainer whose evaluation reads the eval set in the order it is given.
+
+    transformers 4.57 hands the eval set a LengthGroupedSampler too when group_by_length is on, which
+    returns logits in a shuffled order; EvalSet gives its windows already sorted by length instead.
+    """
+
+    def _get_eval_sampler(self, eval_dataset):
+        return SequentialSampler(eval_dataset)
+
+
 class EvalSet:
-    """The eval examples, their windows with labels and offsets, and how to score logits on them."""
+    """The eval examples, their windows with labels and offsets, and how to score logits on them.
+
+    The Trainer sees the windows sorted by length (little padding, sequential order); ``logits``
+    maps its predictions back to feature order before anything is scored.
+    """
 
     def __init__(self, examples, tokenizer, cfg: TrainConfig):
         self.examples = examples
@@ -64,6 +80,28 @@ class EvalSet:
                                        cfg.features(), answers=[first_answer(e) for e in examples])
         self.references = data_mod.references(examples)
         self.cfg = cfg
+        lengths = [len(ids) for ids in self.features.inputs["input_ids"]]
+        self.order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        self.last_logits: tuple[np.ndarray, np.ndarray] | None = None  # of the latest compute_metrics
+
+    def compute_metrics(self, prediction) -> dict:
+        """Trainer's compute_metrics: scores at threshold 0, and keeps the logits for the final evaluation."""
+        self.last_logits = self.logits(prediction.predictions)
+        return self.score(*self.last_logits)
+
+    def rows(self) -> list[dict]:
+        """The windows in the order the Trainer evaluates them (by length)."""
+        rows = self.features.rows()
+        return [rows[i] for i in self.order]
+
+    def logits(self, predictions) -> tuple[np.ndarray, np.ndarray]:
+        """The Trainer's (start, end) predictions, rows in self.order, back in feature order."""
+        start, end = predictions
+        if len(start) != len(self.order):
+            raise TrainError(f"eval returned {len(start)} rows for {len(self.order)} windows")
+        inverse = np.empty(len(self.order), dtype=np.int64)
+        inverse[self.order] = np.arange(len(self.order))
+        return start[inverse], end[inverse]
 
     def answers(self, start_logits: np.ndarray, end_logits: np.ndarray, threshold: float):
         return answer_all([e.context for e in self.examples], self.features.example_index, self.features.offsets,
@@ -91,11 +129,33 @@ def drop_long_questions(examples, tokenizer, limit: int):
     return kept, len(examples) - len(kept)
 
 
+def table_row(log_history: list[dict], step: int, metrics: dict) -> dict:
+    """One row of the evaluation table: the mean training loss of the logging interval ending at
+    this step (none for an off-interval final row) and the eval metrics."""
+    losses = [h["loss"] for h in log_history if "loss" in h and h.get("step") == step]
+    row = {"step": step, "train_loss": losses[-1] if losses else float("nan"),
+           "val_loss": metrics.get("eval_loss", float("nan"))}
+    for col in TABLE_COLUMNS[3:]:
+        row[col] = metrics.get(f"eval_{col}", float("nan"))
+    return row
+
+
+def table_rows(log_history: list[dict]) -> list[dict]:
+    """Every evaluation of the run, from the Trainer's history (restored from checkpoints on --resume)."""
+    return [table_row(log_history, h["step"], h) for h in log_history if "eval_loss" in h]
+
+
+def print_row(row: dict, header: bool) -> None:
+    if header:
+        tqdm.write(" ".join(f"{c:>14}" for c in TABLE_COLUMNS))
+    tqdm.write(" ".join(f"{row[c]:>14.4f}" if isinstance(row[c], float) else f"{row[c]:>14}" for c in TABLE_COLUMNS))
+
+
 class TableCallback(TrainerCallback):
     """Prints the evaluation table as training goes, and times the optimiser steps alone."""
 
     def __init__(self):
-        self.rows: list[dict] = []
+        self.printed = 0
         self.step_seconds = 0.0
         self.steps = 0
         self._t = 0.0
@@ -108,32 +168,53 @@ class TableCallback(TrainerCallback):
         self.steps += 1
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        self.add(state, metrics)
+        print_row(table_row(state.log_history, state.global_step, metrics), header=not self.printed)
+        self.printed += 1
 
-    def add(self, state, metrics: dict) -> None:
-        # Mean training loss of the logging interval ending at this step; none for an off-interval final row.
-        losses = [h["loss"] for h in state.log_history if "loss" in h and h.get("step") == state.global_step]
-        row = {"step": state.global_step, "train_loss": losses[-1] if losses else float("nan"),
-               "val_loss": metrics.get("eval_loss", float("nan"))}
-        for col in TABLE_COLUMNS[3:]:
-            row[col] = metrics.get(f"eval_{col}", float("nan"))
-        if not self.rows:
-            tqdm.write(" ".join(f"{c:>14}" for c in TABLE_COLUMNS))
-        tqdm.write(" ".join(f"{row[c]:>14.4f}" if isinstance(row[c], float) else f"{row[c]:>14}" for c in TABLE_COLUMNS))
-        self.rows.append(row)
+
+def precision(cfg: TrainConfig) -> str:
+    """'fp16' (CUDA), 'bf16' (autocast) or 'fp32' for this run on this machine."""
+    if cfg.bf16 not in ("auto", "on", "off"):
+        raise TrainError(f"bf16 must be auto, on or off, not '{cfg.bf16}'")
+    cuda = torch.cuda.is_available()
+    if cfg.bf16 == "on":
+        if cuda and not torch.cuda.is_bf16_supported():
+            raise TrainError("--bf16 on: this GPU has no bf16 support; use --bf16 off (fp16 on CUDA)")
+        return "bf16"
+    if cuda:
+        return "fp16" if cfg.fp16 else "fp32"
+    native = {"avx512_bf16", "amx_bf16"} & modeling.cpu_flags()
+    return "bf16" if cfg.bf16 == "auto" and native else "fp32"
 
 
 def training_arguments(cfg: TrainConfig, checkpoints: Path) -> TrainingArguments:
+    mixed = precision(cfg)
     return TrainingArguments(
         output_dir=str(checkpoints), seed=cfg.seed, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-        fp16=cfg.fp16 and torch.cuda.is_available(), eval_strategy="steps", eval_steps=cfg.eval_steps,
+        fp16=mixed == "fp16", bf16=mixed == "bf16", eval_strategy="steps", eval_steps=cfg.eval_steps,
         logging_strategy="steps", logging_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps,
         save_total_limit=cfg.save_total_limit, label_names=["start_positions", "end_positions"],
         remove_unused_columns=False, group_by_length=cfg.group_by_length, report_to=[],
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
+
+
+def latest_checkpoint(directory: Path) -> Path:
+    """The newest complete checkpoint: the Trainer writes trainer_state.json last, so a run killed while
+    saving leaves a newer directory without it (or with it half-written), which is passed over."""
+    complete = []
+    for path in directory.glob("checkpoint-*"):
+        try:
+            step = int(path.name.split("-")[1])
+            json.loads((path / "trainer_state.json").read_text())
+        except (ValueError, OSError):
+            continue
+        complete.append((step, path))
+    if not complete:
+        raise TrainError(f"--resume: no complete checkpoint in {directory} yet")
+    return max(complete)[1]
 
 
 def check_resume(cfg: TrainConfig, out: Path, resume: bool) -> None:
@@ -146,8 +227,7 @@ def check_resume(cfg: TrainConfig, out: Path, resume: bool) -> None:
         changed = sorted(k for k in now if k not in RESUMABLE and before.get(k) != now[k])
         if changed:
             raise TrainError(f"--resume: settings differ from the run in {out}: {changed}")
-        if not list((out / "checkpoints").glob("checkpoint-*")):
-            raise TrainError(f"--resume: no checkpoint in {out / 'checkpoints'} yet")
+        latest_checkpoint(out / "checkpoints")
     elif out.exists() and any(out.iterdir()):
         raise TrainError(f"output dir {out} is not empty; pass --resume to continue that run "
                          "or choose another --output-dir")
@@ -188,17 +268,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     table = TableCallback()
-    trainer = Trainer(
+    trainer = QATrainer(
         model=model, args=training_arguments(cfg, out / "checkpoints"),
-        train_dataset=train_features.rows(), eval_dataset=evalset.features.rows(),
+        train_dataset=train_features.rows(), eval_dataset=evalset.rows(),
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-        compute_metrics=lambda p: evalset.score(*p.predictions), callbacks=[table])
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+        compute_metrics=evalset.compute_metrics, callbacks=[table])
+    result = trainer.train(resume_from_checkpoint=str(latest_checkpoint(out / "checkpoints")) if resume else None)
 
-    final = trainer.predict(evalset.features.rows(), metric_key_prefix="eval")
-    if not table.rows or table.rows[-1]["step"] != trainer.state.global_step:
-        table.add(trainer.state, final.metrics)
-    start_logits, end_logits = final.predictions
+    state = trainer.state
+    rows = table_rows(state.log_history)
+    if not rows or rows[-1]["step"] != state.global_step or evalset.last_logits is None:
+        final = trainer.predict(evalset.rows(), metric_key_prefix="eval")  # the last weights, not yet evaluated here
+        if not rows or rows[-1]["step"] != state.global_step:
+            rows.append(table_row(state.log_history, state.global_step, final.metrics))
+            print_row(rows[-1], header=len(rows) == 1)
+    start_logits, end_logits = evalset.last_logits
     threshold_note = "tuned on the eval set (max F1)"
     answers_0 = evalset.answers(start_logits, end_logits, 0.0)
     if evalset.has_unanswerable():
@@ -221,11 +305,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     reports = out / "reports"
     reports.mkdir(exist_ok=True)
-    write_table(table.rows, reports)
-    plot_curves(table.rows, reports / "curves.png")
+    write_table(rows, reports)
+    plot_curves(rows, reports / "curves.png")
     (reports / "eval_predictions.json").write_text(json.dumps(
         {e.id: dataclasses.asdict(a) for e, a in zip(eval_examples, predictions)}, indent=1, default=str))
     steps = max(table.steps, 1)
+    speed = training_speed(model.config, train_features, cfg, table)
     manifest = {
         "config": dataclasses.asdict(cfg),
         "resumed": resume,
@@ -237,21 +322,39 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         "seed": cfg.seed,
         "parameters": {"trainable": params.trainable, "total": params.total, "percent": params.percent},
         "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "fp16": cfg.fp16 and torch.cuda.is_available(),
+        "precision": precision(cfg),
         "versions": package_versions(),
         "timing": {"global_step": trainer.state.global_step, "train_seconds_excluding_eval": table.step_seconds,
                    "seconds_per_step": table.step_seconds / steps, "trainer_runtime": result.metrics["train_runtime"],
                    "wall_seconds": time.time() - started},
+        "speed": speed,
         "peak_rss_mb": peak_rss_mb(),
         "null_threshold": {"value": threshold, "how": threshold_note},
         "final_metrics": {"threshold_0": evalset.score_answers(answers_0, start_logits, end_logits),
                           "tuned": final_scores},
-        "table": table.rows,
+        "table": rows,
     }
     for directory in (out, model_dir):
         (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     (model_dir / "README.md").write_text(model_card(cfg, manifest))
     return manifest
+
+
+def training_speed(config, features, cfg: TrainConfig, table: "TableCallback") -> dict:
+    """Tokens/s and achieved FLOP/s of the optimiser steps this process ran (eval excluded), against this
+    machine's dense fp32 matmul rate. Model FLOPs: 3x the forward pass (forward + backward), estimated
+    from the mean window length; LoRA's frozen weights skip their weight gradients, so for LoRA this
+    overstates the work by up to a third."""
+    lengths = [len(ids) for ids in features.inputs["input_ids"]]
+    windows = table.steps * cfg.batch_size * cfg.gradient_accumulation_steps
+    mean_length = sum(lengths) / len(lengths)
+    seconds = max(table.step_seconds, 1e-9)
+    flops = 3 * modeling.encoder_flops(config, round(mean_length)) * windows
+    peak = modeling.matmul_flops_per_second(torch.get_num_threads())
+    return {"steps_timed": table.steps, "windows_per_second": windows / seconds,
+            "tokens_per_second": windows * mean_length / seconds, "model_flops_per_second": flops / seconds,
+            "matmul_peak_flops_per_second": peak, "fraction_of_peak": flops / seconds / peak,
+            "precision": precision(cfg), "threads": torch.get_num_threads()}
 
 
 def write_table(rows: list[dict], directory: Path) -> None:
@@ -296,7 +399,8 @@ def model_card(cfg: TrainConfig, manifest: dict) -> str:
         f"- trainable parameters: {manifest['parameters']['trainable']:,} of {manifest['parameters']['total']:,} "
         f"({manifest['parameters']['percent']:.2f}%)",
         f"- steps: {manifest['timing']['global_step']}, {manifest['timing']['seconds_per_step']:.3f} s/step "
-        f"on {manifest['device']}",
+        f"on {manifest['device']} ({manifest['speed']['precision']}, {manifest['speed']['tokens_per_second']:.0f} "
+        f"tokens/s, {100 * manifest['speed']['fraction_of_peak']:.0f}% of the fp32 matmul peak)",
         f"- no-answer threshold: {manifest['null_threshold']['value']:.4f} ({manifest['null_threshold']['how']})", "",
         "| metric | value |", "|---|---|",
     ]
