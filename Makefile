@@ -20,7 +20,9 @@ $(BIN)/qa-toolkit: pyproject.toml constraints.txt
 
 install: $(BIN)/qa-toolkit
 
+# The tests also cover serve-batch --ray: the 'ray' extra (~300 MB) is installed for them, not for the demo.
 test: install
+	$(BIN)/pip install -q -c constraints.txt -e ".[cpu,test,ray]"
 	$(BIN)/python -m pytest -q
 
 # The main job on the offline defaults, in minutes: the shipped reference adapter (models/minilm-squad-lora)

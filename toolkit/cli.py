@@ -80,6 +80,8 @@ def train(config_file, resume, lora_targets, **flags):
         given["lora_targets"] = [t.strip() for t in lora_targets.split(",") if t.strip()]
     cfg = dataclasses.replace(cfg, **given)
     manifest = run(cfg, resume=resume)
+    if manifest is None:  # a process other than the first of a distributed run
+        return
     click.echo(json.dumps({"output_dir": cfg.output_dir, "null_threshold": manifest["null_threshold"],
                            "metrics": manifest["final_metrics"]["tuned"], "timing": manifest["timing"]}, indent=2))
 
@@ -89,6 +91,10 @@ def train(config_file, resume, lora_targets, **flags):
               help="Merge a LoRA adapter (--adapter) into its base first. Without it, export --model as is.")
 @click.option("--adapter", type=click.Path(), help="A training run's adapter directory (with --merge).")
 @click.option("--model", help="Without --merge: a merged or fully fine-tuned model directory, or a hub name.")
+@click.option("--adapters", help="Instead of --merge: several adapters of one base, name=DIR,name=DIR,...: one ONNX "
+                                 "base graph taking the LoRA weights as inputs + one .onnx_adapter file and "
+                                 "qa_config.json per adapter (needs --output-dir).")
+@click.option("--default-adapter", help="With --adapters: the adapter for lines that name none. Default: the first.")
 @click.option("--output-dir", help="Export directory (merged/, onnx/, export_manifest.json). Default: <run>/export.")
 @click.option("--variants", default="fp32,opt,int8,fp16", show_default=True,
               help="ONNX variants: fp32 (plain), opt (graph-optimised), int8 (dynamic, CPU), fp16 (CUDA only).")
@@ -102,9 +108,24 @@ def train(config_file, resume, lora_targets, **flags):
               help="A variant losing more EM points than this vs PyTorch is marked failed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output-dir.")
 @fail_clearly
-def export(merge, adapter, model, output_dir, variants, optimization_level, quantization, eval_file, eval_samples,
-           max_em_drop, overwrite):
+def export(merge, adapter, model, adapters, default_adapter, output_dir, variants, optimization_level, quantization,
+           eval_file, eval_samples, max_em_drop, overwrite):
     """Export a model to ONNX variants through Optimum and check each against PyTorch."""
+    if adapters:
+        from toolkit.export import AdapterExportConfig, export_adapters
+        from toolkit.modeling import parse_adapters
+
+        if merge or adapter or model or not output_dir:
+            raise click.UsageError("--adapters takes --output-dir and no --merge, --adapter or --model")
+        cfg = AdapterExportConfig(adapters={k: str(v) for k, v in parse_adapters(adapters).items()},
+                                  output_dir=output_dir, default=default_adapter, eval_file=eval_file,
+                                  eval_samples=eval_samples, overwrite=overwrite)
+        manifest = export_adapters(cfg)
+        click.echo(json.dumps({"default": manifest["default"], "adapters": {
+            name: {k: v[k] for k in ("max_abs_logit_diff", "answer_agreement", "span_agreement", "exact", "f1",
+                                     "adapter_file_bytes")} for name, v in manifest["adapters"].items()},
+            "graph_size_bytes": manifest["graph_size_bytes"], "wall_seconds": manifest["wall_seconds"]}, indent=2))
+        return
     from toolkit.export import ExportConfig
     from toolkit.export import export as run
 
@@ -122,8 +143,12 @@ def export(merge, adapter, model, output_dir, variants, optimization_level, quan
 
 @main.command("serve-batch")
 @click.argument("input_path", metavar="INPUT.jsonl")
-@click.option("--model", required=True, type=click.Path(),
-              help="An export's onnx/ directory (ONNX engine) or an adapter/merged model directory (torch engine).")
+@click.option("--model", type=click.Path(),
+              help="An export's onnx/ directory (ONNX engine; an `export --adapters` one serves each of its adapters) "
+                   "or an adapter/merged model directory (torch engine).")
+@click.option("--adapters", help="Torch engine, instead of --model: several adapters on one base, name=DIR,name=DIR,... "
+                                 "(each line picks one with its \"adapter\" field).")
+@click.option("--default-adapter", help="The adapter for lines that name none. Default: the first.")
 @click.option("-o", "--output", help="Output JSONL, or - for stdout. Default: INPUT with .answers.jsonl.")
 @click.option("--engine", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
               help="auto: ONNX when the directory holds ONNX files, torch otherwise.")
@@ -143,25 +168,56 @@ def export(merge, adapter, model, output_dir, variants, optimization_level, quan
               help="A context with more tokens gets an error line (SQuAD's longest has ~850).")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from its partial output (same input, model and settings).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
+              help="Answer on Ray actors (extra 'ray'): --ray alone or --ray auto joins the running cluster or "
+                   "starts a local one; --ray ADDRESS joins that cluster. INPUT must be a file every node can read.")
+@click.option("--workers", type=int, default=2, show_default=True, help="With --ray: actors, one engine each.")
+@click.option("--threads-per-worker", type=int, default=1, show_default=True,
+              help="With --ray: intra-op threads (and CPUs reserved) per actor.")
 @click.option("--summary-json", type=click.Path(), help="Also write the run summary to this JSON file.")
 @fail_clearly
-def serve_batch(input_path, model, output, engine, device, variant, batch_size, max_batch_tokens, threads,
-                chunk_size, max_line_bytes, max_context_tokens, resume, summary_json):
-    """Answer every line of INPUT.jsonl ({"id"?, "question", "context"}) into one output line each."""
+def serve_batch(input_path, model, adapters, default_adapter, output, engine, device, variant, batch_size,
+                max_batch_tokens, threads, chunk_size, max_line_bytes, max_context_tokens, resume, ray_address,
+                workers, threads_per_worker, summary_json):
+    """Answer every line of INPUT.jsonl ({"id"?, "question", "context", "adapter"?}) into one output line each."""
     from dataclasses import asdict
 
-    from toolkit.engine import load_engine
+    from toolkit.engine import load_engine, load_torch_adapters
+    from toolkit.modeling import parse_adapters
     from toolkit.serve import ServeConfig, check_paths
     from toolkit.serve import serve_batch as run
 
+    if bool(model) == bool(adapters):
+        raise click.UsageError("pass either --model DIR or --adapters name=DIR,...")
+    if adapters and (engine == "onnx" or variant not in (None, "fp32")):
+        raise click.UsageError("--adapters runs the torch engine; for ONNX, serve an `export --adapters` directory "
+                               "with --model")
     if output is None:
         output = "-" if input_path == "-" else str(Path(input_path).with_suffix(".answers.jsonl"))
     check_paths(input_path, output)
-    qa_engine = load_engine(model, engine, device, variant, batch_size, max_batch_tokens, threads)
-    click.echo(f"engine: {qa_engine.predictor.variant} on {qa_engine.predictor.provider}", err=True)
     cfg = ServeConfig(chunk_size=chunk_size, max_line_bytes=max_line_bytes, max_context_tokens=max_context_tokens,
                       resume=resume)
-    summary = asdict(run(qa_engine, input_path, output, cfg))
+    if ray_address:
+        from toolkit.serve_ray import RayConfig, serve_batch_ray
+
+        common = {"device": device, "batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
+                  "threads": threads_per_worker}
+        engine_args = ({"adapters": {k: str(v) for k, v in parse_adapters(adapters).items()},
+                        "default": default_adapter, **common} if adapters else
+                       {"model_dir": model, "engine": engine, "variant": variant, "default_adapter": default_adapter,
+                        **common})
+        ray_cfg = RayConfig(address=ray_address, workers=workers, threads_per_worker=threads_per_worker,
+                            gpus_per_worker=1.0 if device == "cuda" else 0.0, engine_args=engine_args)
+        summary = asdict(serve_batch_ray(input_path, output, cfg, ray_cfg))
+    else:
+        if adapters:
+            qa_engine = load_torch_adapters(parse_adapters(adapters), device, default_adapter, batch_size,
+                                            max_batch_tokens, threads)
+        else:
+            qa_engine = load_engine(model, engine, device, variant, batch_size, max_batch_tokens, threads,
+                                    default_adapter)
+        click.echo(f"engine: {qa_engine.predictor.variant} on {qa_engine.predictor.provider}", err=True)
+        summary = asdict(run(qa_engine, input_path, output, cfg))
     click.echo(json.dumps(summary), err=True)
     if summary_json:
         Path(summary_json).write_text(json.dumps(summary, indent=2) + "\n")

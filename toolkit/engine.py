@@ -4,6 +4,8 @@ Both predictors take the same padded batches built from the same features and re
 logits as float32 numpy arrays, so that their answers can be compared one to one.
 """
 
+import copy
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,13 @@ from toolkit.postprocess import Answer, answer_all
 
 ONNX_FILES = {"fp32": "model.onnx", "opt": "model_optimized.onnx", "int8": "model_quantized.onnx",
               "fp16": "model_fp16.onnx"}
+# Several adapters on one exported base: the base graph takes every LoRA A/B matrix and the QA head as
+# inputs (empty/zero defaults), each adapter is an ONNX Runtime .onnx_adapter file with its own qa_config.json.
+LORA_GRAPH = "model_lora.onnx"
+ADAPTERS_FILE = "adapters.json"
+
+
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class EngineError(RuntimeError):
@@ -64,10 +73,19 @@ class TorchPredictor:
             self.model = self.model.half()
         self.provider = f"torch-{device}"
         self.variant = "torch-fp16" if fp16 else "torch-fp32"
+        self.adapter: str | None = None
+
+    def with_adapter(self, name: str) -> "TorchPredictor":
+        """A view of this PEFT model that activates one of its loaded adapters before each batch."""
+        view = copy.copy(self)
+        view.adapter = name
+        return view
 
     def logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
         inputs = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+        if self.adapter is not None and self.model.active_adapter != self.adapter:
+            self.model.set_adapter(self.adapter)
         with torch.inference_mode():
             out = self.model(**inputs)
         return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
@@ -97,12 +115,23 @@ class OrtPredictor:
         self.device = device
         self.provider = got
         self.variant = variant
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_names = [i.name for i in self.session.get_inputs() if i.name in TOKEN_INPUTS]
+        self.run_options = None  # with an active LoRA adapter (with_adapter)
+
+    def with_adapter(self, path: str | Path) -> "OrtPredictor":
+        """A view of this session that runs with one .onnx_adapter file active (ONNX Runtime's LoRA support)."""
+        adapter = self.ort.LoraAdapter()
+        adapter.Load(str(path))
+        view = copy.copy(self)
+        view.run_options = self.ort.RunOptions()
+        view.run_options.add_active_adapter(adapter)
+        view.adapter = adapter  # the run options refer to it: keep it alive
+        return view
 
     def logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         feed = {k: batch[k] for k in self.input_names}
-        if self.device != "cuda":
-            start, end = self.session.run(["start_logits", "end_logits"], feed)
+        if self.device != "cuda" or self.run_options is not None:  # active adapters do not apply under IO binding
+            start, end = self.session.run(["start_logits", "end_logits"], feed, self.run_options)
             return start.astype(np.float32, copy=False), end.astype(np.float32, copy=False)
         binding = self.session.io_binding()
         for name, array in feed.items():
@@ -193,20 +222,92 @@ class QAEngine:
         return self.run(contexts, self.features(questions, contexts))[0]
 
 
+@dataclass
+class AdapterEngines:
+    """Several adapters over one shared base model: one QAEngine per adapter, each with its own QAConfig
+    (no-answer threshold), all sharing the base weights, the tokenizer and the process. A line of input
+    names its adapter; lines for one adapter are answered together, never in a batch with another's."""
+    engines: dict[str, QAEngine]
+    default: str
+
+    def __post_init__(self):
+        if self.default not in self.engines:
+            raise EngineError(f"--default-adapter '{self.default}' is not among the adapters {list(self.engines)}")
+
+    @property
+    def predictor(self):
+        return self.engines[self.default].predictor
+
+    @property
+    def source(self) -> dict:
+        return {"default": self.default, "adapters": {name: e.source for name, e in self.engines.items()}}
+
+
+def _files(directory: Path) -> dict:
+    """Size and mtime of the model's files (its adapters/ folder included): what a resumed job must find."""
+    files = [f for f in sorted(directory.iterdir()) if f.is_file()]
+    files += sorted(f for f in (directory / "adapters").rglob("*") if f.is_file())
+    return {str(f.relative_to(directory)): [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
+
+
+def load_torch_adapters(adapter_dirs: dict[str, Path], device: str = "auto", default: str | None = None,
+                        batch_size: int | None = None, max_batch_tokens: int | None = None,
+                        threads: int | None = None) -> AdapterEngines:
+    """PEFT adapters (name -> training run's adapter dir) loaded onto one base model."""
+    from toolkit.modeling import load_adapters
+
+    device = resolve_device(device)
+    settings = BatchSettings.for_device(device, batch_size, max_batch_tokens)
+    model, tokenizer, configs = load_adapters(adapter_dirs)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    shared = TorchPredictor(model, device)
+    engines = {name: QAEngine(shared.with_adapter(name), tokenizer, qa, settings,
+                              {"dir": str(Path(adapter_dirs[name]).resolve()), "engine": "torch", "device": device,
+                               "threads": threads, "files": _files(Path(adapter_dirs[name]))})
+               for name, qa in configs.items()}
+    return AdapterEngines(engines, default or next(iter(engines)))
+
+
+def load_onnx_adapters(model_dir: Path, device: str, default: str | None, settings: BatchSettings,
+                       threads: int | None, source: dict) -> AdapterEngines:
+    """An `export --adapters` directory: one base graph in one ONNX Runtime session, an adapter file each."""
+    from toolkit.modeling import load_tokenizer
+
+    index = json.loads((model_dir / ADAPTERS_FILE).read_text())
+    session = OrtPredictor(model_dir / LORA_GRAPH, device, threads, "fp32-lora")
+    tokenizer = load_tokenizer(str(model_dir))
+    engines = {}
+    for name, entry in index["adapters"].items():
+        directory = model_dir / entry["dir"]
+        engines[name] = QAEngine(session.with_adapter(directory / entry["file"]), tokenizer,
+                                 QAConfig.load(directory), settings, {**source, "adapter": name})
+    return AdapterEngines(engines, default or index["default"])
+
+
 def load_engine(model_dir: str | Path, engine: str = "auto", device: str = "auto", variant: str | None = None,
                 batch_size: int | None = None, max_batch_tokens: int | None = None,
-                threads: int | None = None) -> QAEngine:
-    """An engine for an export dir (ONNX) or an adapter/merged/full model dir (torch)."""
+                threads: int | None = None, default_adapter: str | None = None) -> "QAEngine | AdapterEngines":
+    """An engine for an export dir (ONNX) or an adapter/merged/full model dir (torch); for an export of
+    several adapters (`export --adapters`), one engine per adapter over the shared base graph."""
     from toolkit.modeling import load_for_inference, load_tokenizer
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise EngineError(f"model directory not found: {model_dir}")
     source = {"dir": str(model_dir.resolve()), "engine": engine, "device": device, "variant": variant,
-              "threads": threads, "files": {f.name: [f.stat().st_size, f.stat().st_mtime_ns]
-                                            for f in sorted(model_dir.iterdir()) if f.is_file()}}
+              "threads": threads, "files": _files(model_dir)}
     device = resolve_device(device)
     settings = BatchSettings.for_device(device, batch_size, max_batch_tokens)
+    if (model_dir / ADAPTERS_FILE).exists():
+        if engine == "torch" or variant not in (None, "fp32"):
+            raise EngineError(f"{model_dir} holds several adapters on one ONNX base graph (fp32, engine onnx); "
+                              "for the torch engine pass the adapter directories with --adapters name=DIR,...")
+        return load_onnx_adapters(model_dir, device, default_adapter, settings, threads, source)
+    if default_adapter:
+        raise EngineError(f"--default-adapter: {model_dir} holds one model, not several adapters")
     has_onnx = any((model_dir / f).exists() for f in ONNX_FILES.values())
     if engine == "auto":
         engine = "onnx" if has_onnx else "torch"

@@ -88,7 +88,7 @@ def _source_model(cfg: ExportConfig):
     return model, tokenizer, qa, manifest
 
 
-def _parity_examples(cfg: ExportConfig, manifest: dict):
+def _parity_examples(cfg: "ExportConfig | AdapterExportConfig", manifest: dict):
     spec = cfg.eval_file or manifest.get("config", {}).get("eval_file")
     if not spec:
         raise ExportError("no parity set: pass --eval-file (the training manifest names none)")
@@ -99,6 +99,15 @@ def _parity_examples(cfg: ExportConfig, manifest: dict):
 
 def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return float(max(np.abs(x - y).max() for x, y in zip(a, b)))
+
+
+def reference_run(engine: QAEngine, examples, features) -> dict:
+    """The PyTorch answers and logits every exported variant is compared with."""
+    answers, start, end = engine.run([e.context for e in examples], features)
+    refs = data_mod.references(examples)
+    return {"answers": answers, "start": start, "end": end,
+            "scores": squad_scores({e.id: a.prediction for e, a in zip(examples, answers)}, refs),
+            "forced": squad_scores({e.id: a.text for e, a in zip(examples, answers)}, refs)}
 
 
 def parity(reference: dict, engine: QAEngine, examples, features) -> dict:
@@ -192,12 +201,7 @@ def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
             model.save_pretrained(merged_dir)
             tokenizer.save_pretrained(merged_dir)
             qa.save(merged_dir)
-        torch_engine = QAEngine(TorchPredictor(model), tokenizer, qa, settings)
-        answers, start, end = torch_engine.run(contexts, features)
-        refs = data_mod.references(examples)
-        reference = {"answers": answers, "start": start, "end": end,
-                     "scores": squad_scores({e.id: a.prediction for e, a in zip(examples, answers)}, refs),
-                     "forced": squad_scores({e.id: a.text for e, a in zip(examples, answers)}, refs)}
+        reference = reference_run(QAEngine(TorchPredictor(model), tokenizer, qa, settings), examples, features)
         manifest["torch"] = {**reference["scores"], "forced_exact": reference["forced"]["exact"],
                              "forced_f1": reference["forced"]["f1"]}
 
@@ -244,6 +248,189 @@ def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
         manifest["wall_seconds"] = time.time() - started
         (work / "export_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.copy(work / "export_manifest.json", onnx_dir / "export_manifest.json")
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
+
+
+@dataclass
+class AdapterExportConfig:
+    adapters: dict[str, str]  # name -> a training run's adapter directory; all of one base model
+    output_dir: str
+    default: str | None = None  # the adapter for lines naming none; default: the first
+    eval_file: str | None = None  # parity set for every adapter; default: each adapter's own training eval set
+    eval_samples: int | None = 500
+    max_logit_diff: float = 1e-4  # against that adapter's merged model, fp32
+    overwrite: bool = False
+    seed: int = 42
+    cache_dir: str | None = None
+
+
+def lora_weights(model, name: str) -> dict[str, np.ndarray]:
+    """Adapter ``name`` of a PEFT model as the LoRA graph's inputs: per adapted module its A and its
+    B times the adapter's scaling (the graph scales by 1), and its own QA head."""
+    from peft.tuners.lora import LoraLayer
+
+    config = model.peft_config[name]
+    if getattr(config, "use_dora", False) or getattr(config, "lora_bias", False):
+        raise ExportError(f"adapter '{name}': DoRA and LoRA biases are not supported by the shared-base export")
+    out = {}
+    for module_name, module in model.base_model.model.named_modules():
+        if isinstance(module, LoraLayer) and name in module.lora_A:
+            out[f"{module_name}.lora_A.weight"] = module.lora_A[name].weight.detach().float().numpy()
+            out[f"{module_name}.lora_B.weight"] = (module.lora_B[name].weight * module.scaling[name]).detach().float().numpy()
+    head = getattr(model.base_model.model, modeling.HEAD)
+    for attr in ("weight", "bias"):
+        out[f"{modeling.HEAD}.{attr}"] = getattr(head.modules_to_save[name], attr).detach().float().numpy()
+    return out
+
+
+def export_lora_graph(base_model: str, targets: list[str], tokenizer, path: Path) -> dict[str, tuple[int, ...]]:
+    """The base model as an ONNX graph whose LoRA A/B matrices (on ``targets``) and QA head are graph inputs,
+    each with a default initializer of the same name (empty A/B: the base alone; a zero head), so that
+    ONNX Runtime's LoraAdapter can supply them per run. Returns each weight input's default shape."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    template = get_peft_model(modeling.load_base(base_model), LoraConfig(
+        r=4, lora_alpha=4, lora_dropout=0.0, target_modules=targets, modules_to_save=[modeling.HEAD])).eval()
+    swaps = []  # (graph input name, module, attribute): the traced weights that become inputs
+    for module_name, module in template.base_model.model.named_modules():
+        if isinstance(module, LoraLayer):
+            swaps += [(f"{module_name}.lora_A.weight", module.lora_A["default"], "weight"),
+                      (f"{module_name}.lora_B.weight", module.lora_B["default"], "weight")]
+    head = getattr(template.base_model.model, modeling.HEAD).modules_to_save["default"]
+    swaps += [(f"{modeling.HEAD}.{attr}", head, attr) for attr in ("weight", "bias")]
+    token_inputs = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
+
+    class LoraGraph(torch.nn.Module):
+        """forward(token inputs..., weights...): the template with its adapter weights taken from the inputs."""
+
+        def __init__(self):
+            super().__init__()
+            self.template = template
+
+        def forward(self, *tensors):
+            tokens, weights = tensors[:len(token_inputs)], tensors[len(token_inputs):]
+            saved = [(module, attr, module._parameters.pop(attr)) for _, module, attr in swaps]
+            try:
+                for (_, module, attr), value in zip(swaps, weights):
+                    setattr(module, attr, value)
+                out = self.template(**dict(zip(token_inputs, tokens)))
+            finally:
+                for module, attr, parameter in saved:
+                    delattr(module, attr)
+                    module._parameters[attr] = parameter
+            return out.start_logits, out.end_logits
+
+    sample = tokenizer(["What is this?"], ["This is a sample context."], return_tensors="pt")
+    args = tuple(sample[n] for n in token_inputs) + tuple(getattr(m, a).detach() for _, m, a in swaps)
+    axes = {n: {0: "batch", 1: "sequence"} for n in [*token_inputs, "start_logits", "end_logits"]}
+    for name, _, _ in swaps:
+        if ".lora_A." in name:
+            axes[name] = {0: "rank_" + name}
+        elif ".lora_B." in name:
+            axes[name] = {1: "rank_" + name}
+    with torch.no_grad():
+        torch.onnx.export(LoraGraph().eval(), args, str(path), input_names=[*token_inputs, *(n for n, _, _ in swaps)],
+                          output_names=["start_logits", "end_logits"], dynamic_axes=axes, opset_version=17,
+                          dynamo=False)
+    graph = onnx.load(str(path))
+    shapes = {}
+    for (name, module, attr) in swaps:
+        shape = tuple(getattr(module, attr).shape)
+        if ".lora_A." in name:
+            shape = (0, shape[1])
+        elif ".lora_B." in name:
+            shape = (shape[0], 0)
+        graph.graph.initializer.append(numpy_helper.from_array(np.zeros(shape, np.float32), name))
+        shapes[name] = shape
+    onnx.save(graph, str(path))
+    return shapes
+
+
+def export_adapters(cfg: AdapterExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
+    """Several adapters of one base: one ONNX base graph + one .onnx_adapter file and qa_config.json per
+    adapter, each checked against that adapter's own merged model. Returns (and saves) the manifest."""
+    import onnxruntime as ort
+
+    from toolkit.engine import ADAPTERS_FILE, LORA_GRAPH
+
+    started = time.time()
+    out = Path(cfg.output_dir)
+    if out.exists() and not cfg.overwrite:
+        raise ExportError(f"output dir {out} exists; pass --overwrite to replace it")
+    dirs = {name: Path(d) for name, d in cfg.adapters.items()}
+    default = cfg.default or next(iter(dirs))
+    if default not in dirs:
+        raise ExportError(f"--default-adapter '{default}' is not among the adapters {list(dirs)}")
+    model, tokenizer, configs = modeling.load_adapters(dirs)
+    targets = sorted(set().union(*(model.peft_config[name].target_modules for name in dirs)))
+    weights = {name: lora_weights(model, name) for name in dirs}
+    settings = BatchSettings.for_device("cpu")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-partial-", dir=out.parent))
+    work.chmod(0o755)
+    try:
+        onnx_dir = work / "onnx"
+        onnx_dir.mkdir()
+        log(f"exporting the shared base graph with LoRA inputs on {targets}")
+        shapes = export_lora_graph(configs[default].base_model, targets, tokenizer, onnx_dir / LORA_GRAPH)
+        tokenizer.save_pretrained(onnx_dir)
+        session = OrtPredictor(onnx_dir / LORA_GRAPH, "cpu", variant="fp32-lora")
+        index = {"default": default, "graph": LORA_GRAPH, "adapters": {}}
+        manifest = {"adapters": {}, "graph_size_bytes": (onnx_dir / LORA_GRAPH).stat().st_size, "targets": targets}
+        for name, directory in dirs.items():
+            values = {}
+            for input_name, shape in shapes.items():  # a module this adapter does not adapt: empty A/B
+                value = weights[name].get(input_name, np.zeros(shape, np.float32))
+                values[input_name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value, np.float32))
+            unknown = set(weights[name]) - set(shapes)
+            if unknown:
+                raise ExportError(f"adapter '{name}' has weights the graph has no input for: {sorted(unknown)[:3]}")
+            target = onnx_dir / "adapters" / name
+            target.mkdir(parents=True)
+            adapter_file = ort.AdapterFormat()
+            adapter_file.set_adapter_version(1)
+            adapter_file.set_model_version(1)
+            adapter_file.set_parameters(values)
+            adapter_file.export_adapter(str(target / "adapter.onnx_adapter"))
+            configs[name].default_variant = {"cpu": "fp32-lora", "cuda": "fp32-lora"}
+            configs[name].save(target)
+
+            run_manifest = json.loads((directory / "manifest.json").read_text()) if (directory / "manifest.json").exists() else {}
+            spec, examples = _parity_examples(cfg, run_manifest)
+            merged, _, qa = modeling.load_adapter(directory)
+            merged = merged.merge_and_unload()
+            torch_engine = QAEngine(TorchPredictor(merged), tokenizer, qa, settings)
+            features = torch_engine.features([e.question for e in examples], [e.context for e in examples])
+            reference = reference_run(torch_engine, examples, features)
+            engine = QAEngine(session.with_adapter(target / "adapter.onnx_adapter"), tokenizer, qa, settings)
+            result = parity(reference, engine, examples, features)
+            result.update(parity_set=spec, questions=len(examples), torch_exact=reference["scores"]["exact"],
+                          torch_f1=reference["scores"]["f1"], null_threshold=qa.null_threshold,
+                          adapter_file_bytes=(target / "adapter.onnx_adapter").stat().st_size)
+            log(f"{name}: |Δlogit| vs its merged model {result['max_abs_logit_diff']:.2e}, agreement "
+                f"{result['answer_agreement']:.2f}% (best span {result['span_agreement']:.2f}%), EM {result['exact']:.2f}")
+            if result["max_abs_logit_diff"] > cfg.max_logit_diff or result["answer_agreement"] < 100.0 \
+                    or result["span_agreement"] < 100.0:
+                raise ExportError(f"adapter '{name}' on the shared graph does not answer like its merged model: "
+                                  f"|Δlogit| {result['max_abs_logit_diff']:.2e} (at most {cfg.max_logit_diff}), "
+                                  f"agreement {result['answer_agreement']:.2f}%")
+            manifest["adapters"][name] = result
+            index["adapters"][name] = {"dir": f"adapters/{name}", "file": "adapter.onnx_adapter",
+                                       "source": str(directory.resolve())}
+        (onnx_dir / ADAPTERS_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        manifest.update(config=dataclasses.asdict(cfg), default=default, wall_seconds=time.time() - started)
+        (work / "export_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)

@@ -187,6 +187,54 @@ def load_adapter(adapter_dir: str | Path):
     return model.eval(), load_tokenizer(str(adapter_dir)), qa
 
 
+def parse_adapters(spec: str) -> dict[str, Path]:
+    """``name=DIR,name=DIR`` (or bare DIRs, named after their parent run directory) -> {name: DIR}, in order."""
+    out: dict[str, Path] = {}
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        name, _, path = item.rpartition("=")
+        path = Path(path)
+        name = name or (path.parent.name if path.name == "adapter" else path.name)
+        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ModelError(f"adapter name '{name}': use letters, digits, '-', '_' and '.' only")
+        if name in out:
+            raise ModelError(f"adapter name '{name}' given twice in '{spec}'")
+        out[name] = path
+    if not out:
+        raise ModelError(f"no adapters in '{spec}'; expected name=DIR[,name=DIR...]")
+    return out
+
+
+def load_adapters(adapter_dirs: dict[str, Path]):
+    """(PeftModel in eval mode holding every adapter under its name, tokenizer, {name: QAConfig}): one base
+    model, loaded once, shared by all the adapters. They must come from the same base model."""
+    from peft import PeftModel
+
+    configs = {}
+    for name, directory in adapter_dirs.items():
+        if not Path(directory).is_dir() or not is_adapter_dir(directory):
+            raise ModelError(f"adapter '{name}': {directory} is not an adapter directory (no adapter_config.json)")
+        configs[name] = QAConfig.load(directory)
+    first = next(iter(configs))
+    for name, qa in configs.items():
+        if (qa.base_model, qa.model_type) != (configs[first].base_model, configs[first].model_type):
+            raise ModelError(f"adapters '{first}' and '{name}' come from different base models "
+                             f"({configs[first].base_model} vs {qa.base_model}); one base serves adapters of that base only")
+    base = load_base(configs[first].base_model)
+    model = None
+    for name, directory in adapter_dirs.items():
+        try:
+            if model is None:
+                model = PeftModel.from_pretrained(base, directory, adapter_name=name)
+            else:
+                model.load_adapter(directory, adapter_name=name)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ModelError(f"adapter '{name}' ({directory}) does not fit its base '{configs[name].base_model}': "
+                             f"{str(e).splitlines()[0]}") from None
+    return model.eval(), load_tokenizer(str(adapter_dirs[first])), configs
+
+
 def load_for_inference(model_dir: str | Path):
     """(torch model in eval mode, tokenizer, QAConfig) from an adapter or a merged/full model directory."""
     if is_adapter_dir(model_dir):

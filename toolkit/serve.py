@@ -1,6 +1,7 @@
 """serve-batch: a JSONL stream of questions in, one JSONL answer line per input line out, in order.
 
-Input lines hold ``question``, ``context`` and optionally ``id`` (the line number otherwise). A line
+Input lines hold ``question``, ``context`` and optionally ``id`` (the line number otherwise) and, when
+several adapters share one base (AdapterEngines), ``adapter`` (the default adapter otherwise). A line
 that cannot be answered gets an ``error`` naming the problem and never affects the others; a line's
 cost is bounded (bytes read, context tokens). Lines are read in chunks, so memory stays bounded
 whatever the file size; within a chunk, windows are bucketed by length.
@@ -23,7 +24,7 @@ from typing import IO, Iterator
 
 from tqdm.auto import tqdm
 
-from toolkit.engine import QAEngine
+from toolkit.engine import AdapterEngines, QAEngine
 from toolkit.features import question_lengths
 
 
@@ -45,6 +46,7 @@ class Query:
     id: str
     question: str = ""
     context: str = ""
+    adapter: str | None = None
     error: str | None = None
 
 
@@ -105,6 +107,11 @@ def parse_line(raw: bytes, line: int) -> Query:
             query.error = f"empty field '{name}'"
             return query
     query.question, query.context = record["question"], record["context"]
+    if "adapter" in record:
+        if not isinstance(record["adapter"], str):
+            query.error = f"field 'adapter' must be a string, got {type(record['adapter']).__name__}"
+            return query
+        query.adapter = record["adapter"]
     return query
 
 
@@ -128,10 +135,11 @@ def read_lines(stream: IO[bytes], max_bytes: int) -> Iterator[bytes | int]:
         yield size - (2 if raw.endswith(b"\r\n") else 1 if raw.endswith(b"\n") else 0)
 
 
-def read_chunks(stream: IO[bytes], cfg: ServeConfig, skip: int = 0) -> Iterator[list[Query]]:
-    """Parsed queries, cfg.chunk_size at a time, after the first ``skip`` lines (still counted)."""
+def read_chunks(stream: IO[bytes], cfg: ServeConfig, skip: int = 0, first: int = 0) -> Iterator[list[Query]]:
+    """Parsed queries, cfg.chunk_size at a time, after the first ``skip`` lines (still counted); the stream's
+    first line is line ``first + 1`` (a reader that starts in the middle of the file)."""
     chunk = []
-    for n, item in enumerate(read_lines(stream, cfg.max_line_bytes), 1):
+    for n, item in enumerate(read_lines(stream, cfg.max_line_bytes), first + 1):
         if n <= skip:
             continue
         if isinstance(item, int):
@@ -162,17 +170,40 @@ def check_sizes(engine: QAEngine, queries: list[Query], max_context_tokens: int)
                            f"(at most {max_context_tokens}; see --max-context-tokens)")
 
 
-def answer_chunk(engine: QAEngine, chunk: list[Query], max_context_tokens: int = ServeConfig.max_context_tokens) -> list[dict]:
-    check_sizes(engine, [q for q in chunk if q.error is None], max_context_tokens)
-    good = [q for q in chunk if q.error is None]
-    answers = dict(zip((q.line for q in good), engine.answer([q.question for q in good], [q.context for q in good])))
+def by_engine(engine: QAEngine | AdapterEngines, queries: list[Query]) -> dict[str | None, list[Query]]:
+    """The queries each engine answers (key None: a single model); a line naming an adapter that is not
+    served, or any adapter when a single model is served, is marked as an error."""
+    if isinstance(engine, QAEngine):
+        for q in queries:
+            if q.adapter is not None:
+                q.error = f"unknown adapter '{q.adapter}': this model serves no adapters"
+        return {None: [q for q in queries if q.error is None]}
+    groups: dict[str | None, list[Query]] = {}
+    for q in queries:
+        name = q.adapter if q.adapter is not None else engine.default
+        if name not in engine.engines:
+            q.error = f"unknown adapter '{name}' (served: {', '.join(engine.engines)})"
+            continue
+        groups.setdefault(name, []).append(q)
+    return groups
+
+
+def answer_chunk(engine: QAEngine | AdapterEngines, chunk: list[Query],
+                 max_context_tokens: int = ServeConfig.max_context_tokens) -> list[dict]:
+    answers = {}
+    for name, group in by_engine(engine, [q for q in chunk if q.error is None]).items():
+        one = engine if name is None else engine.engines[name]
+        check_sizes(one, group, max_context_tokens)
+        group = [q for q in group if q.error is None]
+        answers.update(zip((q.line for q in group), one.answer([q.question for q in group], [q.context for q in group])))
     out = []
     for q in chunk:
         if q.error is not None:
             out.append({"id": q.id, "line": q.line, "error": q.error})
             continue
         a = answers[q.line]
-        out.append({"id": q.id, "line": q.line, "answer": None if a.no_answer else a.text,
+        adapter = {} if isinstance(engine, QAEngine) else {"adapter": q.adapter or engine.default}
+        out.append({"id": q.id, "line": q.line, **adapter, "answer": None if a.no_answer else a.text,
                     "start": None if a.no_answer else a.start, "end": None if a.no_answer else a.end,
                     "score": _finite(a.score), "start_confidence": a.start_confidence,
                     "end_confidence": a.end_confidence, "null_score_diff": _finite(a.null_score_diff),
@@ -207,14 +238,16 @@ def partial_paths(output_path: str) -> tuple[Path, Path]:
     return partial, partial.with_name(partial.name + ".json")
 
 
-def job_identity(engine: QAEngine, input_path: str, cfg: ServeConfig) -> dict:
+def job_identity(engine: QAEngine | AdapterEngines, input_path: str, cfg: ServeConfig) -> dict:
     """What the output depends on: the input's bytes, the model's files and every setting that shapes batches."""
     digest = hashlib.sha256()
     with open(input_path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    engines = {None: engine} if isinstance(engine, QAEngine) else engine.engines
+    qa = {name or "": asdict(e.qa) for name, e in engines.items()}
     return {"input": {"path": str(Path(input_path).resolve()), "sha256": digest.hexdigest()},
-            "model": engine.source, "qa_config": asdict(engine.qa), "batches": asdict(engine.settings),
+            "model": engine.source, "qa_config": qa.get("", qa), "batches": asdict(next(iter(engines.values())).settings),
             "settings": {"chunk_size": cfg.chunk_size, "max_line_bytes": cfg.max_line_bytes,
                          "max_context_tokens": cfg.max_context_tokens}}
 
@@ -245,7 +278,7 @@ def keep_whole_chunks(partial: Path, chunk_size: int, summary: Summary) -> int:
     return kept
 
 
-def start_partial(engine: QAEngine, input_path: str, output_path: str, cfg: ServeConfig,
+def start_partial(engine: QAEngine | AdapterEngines, input_path: str, output_path: str, cfg: ServeConfig,
                   summary: Summary) -> tuple[Path, int]:
     """The partial file to append to, and how many input lines it already answers."""
     partial, meta = partial_paths(output_path)
@@ -273,7 +306,7 @@ def start_partial(engine: QAEngine, input_path: str, output_path: str, cfg: Serv
     return partial, 0
 
 
-def serve_batch(engine: QAEngine, input_path: str, output_path: str, cfg: ServeConfig | None = None,
+def serve_batch(engine: QAEngine | AdapterEngines, input_path: str, output_path: str, cfg: ServeConfig | None = None,
                 progress: bool | None = None) -> Summary:
     """Answer every line of input_path (a file or -) into output_path (a file or -)."""
     cfg = cfg or ServeConfig()

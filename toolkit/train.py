@@ -66,6 +66,17 @@ class QATrainer(Trainer):
     def _get_eval_sampler(self, eval_dataset):
         return SequentialSampler(eval_dataset)
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """On --resume of a multi-process CPU run, transformers 4.57 maps the optimizer state onto
+        args.device, 'cpu:N', which torch.load cannot restore to; it belongs on the CPU anyway."""
+        if checkpoint is None or self.args.world_size == 1 or self.args.device.type != "cpu":
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
+        path = Path(checkpoint)
+        self.optimizer.load_state_dict(torch.load(path / OPTIMIZER_NAME, map_location="cpu", weights_only=True))
+        self.lr_scheduler.load_state_dict(torch.load(path / SCHEDULER_NAME, weights_only=True))
+
 
 class EvalSet:
     """The eval examples, their windows with labels and offsets, and how to score logits on them.
@@ -168,6 +179,8 @@ class TableCallback(TrainerCallback):
         self.steps += 1
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
         print_row(table_row(state.log_history, state.global_step, metrics), header=not self.printed)
         self.printed += 1
 
@@ -233,11 +246,19 @@ def check_resume(cfg: TrainConfig, out: Path, resume: bool) -> None:
                          "or choose another --output-dir")
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Run one training job end to end; returns the manifest (also written to the output dir)."""
+def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
+    """Run one training job end to end; returns the manifest (also written to the output dir).
+
+    Under a launcher (``torchrun --nproc_per_node N -m toolkit.cli train ...``) every process trains a
+    shard of each global batch (DDP: gloo on CPU, NCCL on GPUs) and takes part in each evaluation; the
+    first process alone writes the run directory, and the others return None."""
     started = time.time()
     out = Path(cfg.output_dir)
+    args = training_arguments(cfg, out / "checkpoints")  # under a launcher: joins the process group
     check_resume(cfg, out, resume)
+    if args.world_size > 1:
+        torch.distributed.barrier()  # every process has checked the run directory before the first writes to it
+    main_process = args.process_index == 0
     check_config(cfg.features())
     for spec in cfg.train_files:
         if data_mod.parse_spec(spec)[0] == "squad-v1.1-dev":
@@ -265,11 +286,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     params = modeling.count_parameters(model)
     print(params, file=sys.stderr)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     table = TableCallback()
     trainer = QATrainer(
-        model=model, args=training_arguments(cfg, out / "checkpoints"),
+        model=model, args=args,
         train_dataset=train_features.rows(), eval_dataset=evalset.rows(),
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
         compute_metrics=evalset.compute_metrics, callbacks=[table])
@@ -281,7 +303,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         final = trainer.predict(evalset.rows(), metric_key_prefix="eval")  # the last weights, not yet evaluated here
         if not rows or rows[-1]["step"] != state.global_step:
             rows.append(table_row(state.log_history, state.global_step, final.metrics))
-            print_row(rows[-1], header=len(rows) == 1)
+            if main_process:
+                print_row(rows[-1], header=len(rows) == 1)
+    if not main_process:
+        return None
     start_logits, end_logits = evalset.last_logits
     threshold_note = "tuned on the eval set (max F1)"
     answers_0 = evalset.answers(start_logits, end_logits, 0.0)
@@ -341,20 +366,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
 
 def training_speed(config, features, cfg: TrainConfig, table: "TableCallback") -> dict:
-    """Tokens/s and achieved FLOP/s of the optimiser steps this process ran (eval excluded), against this
-    machine's dense fp32 matmul rate. Model FLOPs: 3x the forward pass (forward + backward), estimated
+    """Tokens/s and achieved FLOP/s of the optimiser steps (eval excluded; all processes of a DDP run), against
+    this machine's dense fp32 matmul rate at the same threads (times the processes). Model FLOPs: 3x the forward pass (forward + backward), estimated
     from the mean window length; LoRA's frozen weights skip their weight gradients, so for LoRA this
     overstates the work by up to a third."""
     lengths = [len(ids) for ids in features.inputs["input_ids"]]
-    windows = table.steps * cfg.batch_size * cfg.gradient_accumulation_steps
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    windows = table.steps * cfg.batch_size * cfg.gradient_accumulation_steps * world
     mean_length = sum(lengths) / len(lengths)
     seconds = max(table.step_seconds, 1e-9)
     flops = 3 * modeling.encoder_flops(config, round(mean_length)) * windows
-    peak = modeling.matmul_flops_per_second(torch.get_num_threads())
+    peak = modeling.matmul_flops_per_second(torch.get_num_threads()) * world
     return {"steps_timed": table.steps, "windows_per_second": windows / seconds,
             "tokens_per_second": windows * mean_length / seconds, "model_flops_per_second": flops / seconds,
             "matmul_peak_flops_per_second": peak, "fraction_of_peak": flops / seconds / peak,
-            "precision": precision(cfg), "threads": torch.get_num_threads()}
+            "precision": precision(cfg), "threads": torch.get_num_threads(), "processes": world}
 
 
 def write_table(rows: list[dict], directory: Path) -> None:
