@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 QA = str(ROOT / ".venv" / "bin" / "qa-toolkit")

@@ -293,7 +293,6 @@ def fuzz_lines(n: int, seed: int = 0) -> list[bytes]:
 
 
 def _peak_rss_mb(args) -> float:
-    import resource
     import subprocess
     import sys
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from tests.test_serve import fixture_lines, write_jsonl
+from tests.test_serve import fixture_lines
 from toolkit.cli import main
 
 ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")

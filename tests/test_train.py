@@ -44,10 +44,11 @@ def test_adapter_reloads_with_the_trained_weights(trained_bert):
 def test_resume_continues_and_refuses_changed_settings(tiny_bert, files, tmp_path):
     run = tmp_path / "r"
     assert run_train(tiny_bert, files, run).exit_code == 0
-    result = run_train(tiny_bert, files, run, "--resume", "--max-steps", "4")
+    result = run_train(tiny_bert, files, run, "--resume", "--max-steps", "5", "--eval-steps", "1")
     assert result.exit_code == 0, result.output
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["timing"]["global_step"] == 4 and manifest["resumed"]
+    assert manifest["timing"]["global_step"] == 5 and manifest["resumed"]
+    assert [r["step"] for r in manifest["table"]] == [2, 3, 4, 5]  # the new --eval-steps, not the checkpoint's
     changed = run_train(tiny_bert, files, run, "--resume", "--lr", "5e-4")
     assert changed.exit_code != 0 and "settings differ" in changed.output and "learning_rate" in changed.output
 

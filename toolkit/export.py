@@ -10,8 +10,10 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -159,6 +161,23 @@ def _build_variants(cfg: ExportConfig, onnx_dir: Path, log) -> dict[str, str]:
     return skipped
 
 
+@contextmanager
+def building(out: Path) -> Iterator[Path]:
+    """A hidden directory beside out to build in: it replaces out when the block ends, and is removed if it
+    raises, so out is never seen half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-partial-", dir=out.parent))
+    work.chmod(0o755)
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+
+
 def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     """Run the export; returns the export manifest (also saved as export_manifest.json)."""
     started = time.time()
@@ -179,10 +198,7 @@ def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     settings = BatchSettings.for_device("cpu")
     log(f"parity set: {len(examples)} questions ({spec}) -> {len(features)} windows")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-partial-", dir=out.parent))
-    work.chmod(0o755)
-    try:
+    with building(out) as work:
         manifest = {"source": cfg.adapter if cfg.merge else cfg.model, "config": dataclasses.asdict(cfg),
                     "parity_set": {"spec": spec, "questions": len(examples), "windows": len(features)}}
         if cfg.merge:
@@ -248,12 +264,6 @@ def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
         manifest["wall_seconds"] = time.time() - started
         (work / "export_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.copy(work / "export_manifest.json", onnx_dir / "export_manifest.json")
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -376,10 +386,7 @@ def export_adapters(cfg: AdapterExportConfig, log=lambda m: print(m, file=sys.st
     weights = {name: lora_weights(model, name) for name in dirs}
     settings = BatchSettings.for_device("cpu")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-partial-", dir=out.parent))
-    work.chmod(0o755)
-    try:
+    with building(out) as work:
         onnx_dir = work / "onnx"
         onnx_dir.mkdir()
         log(f"exporting the shared base graph with LoRA inputs on {targets}")
@@ -431,10 +438,4 @@ def export_adapters(cfg: AdapterExportConfig, log=lambda m: print(m, file=sys.st
         (onnx_dir / ADAPTERS_FILE).write_text(json.dumps(index, indent=2) + "\n")
         manifest.update(config=dataclasses.asdict(cfg), default=default, wall_seconds=time.time() - started)
         (work / "export_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return manifest

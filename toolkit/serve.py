@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Iterator
@@ -278,12 +279,10 @@ def keep_whole_chunks(partial: Path, chunk_size: int, summary: Summary) -> int:
     return kept
 
 
-def start_partial(engine: QAEngine | AdapterEngines, input_path: str, output_path: str, cfg: ServeConfig,
-                  summary: Summary) -> tuple[Path, int]:
+def start_partial(identity: dict | None, output_path: str, cfg: ServeConfig, summary: Summary) -> tuple[Path, int]:
     """The partial file to append to, and how many input lines it already answers."""
     partial, meta = partial_paths(output_path)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    identity = job_identity(engine, input_path, cfg) if input_path != "-" else None
     if cfg.resume:
         if identity is None:
             raise ServeError("--resume needs an input file, not standard input")
@@ -306,6 +305,27 @@ def start_partial(engine: QAEngine | AdapterEngines, input_path: str, output_pat
     return partial, 0
 
 
+@contextmanager
+def job_output(identity: dict | None, output_path: str, cfg: ServeConfig, summary: Summary) -> Iterator[tuple[IO[str], int]]:
+    """Where the answers go, and how many input lines are already answered there.
+
+    For a file: its partial file (resumed, or new), renamed into place when the block ends, and kept
+    for --resume when the block raises. identity is job_identity's (None for standard input)."""
+    if output_path == "-":
+        yield sys.stdout, 0
+        return
+    partial, done = start_partial(identity, output_path, cfg, summary)
+    with open(partial, "a", encoding="utf-8") as sink:
+        try:
+            yield sink, done
+        except BaseException:
+            print(f"serve-batch stopped; the partial output is kept at {partial}: rerun the same command with "
+                  "--resume to continue from it", file=sys.stderr)
+            raise
+    os.replace(partial, output_path)
+    partial_paths(output_path)[1].unlink(missing_ok=True)
+
+
 def serve_batch(engine: QAEngine | AdapterEngines, input_path: str, output_path: str, cfg: ServeConfig | None = None,
                 progress: bool | None = None) -> Summary:
     """Answer every line of input_path (a file or -) into output_path (a file or -)."""
@@ -319,16 +339,13 @@ def serve_batch(engine: QAEngine | AdapterEngines, input_path: str, output_path:
     if progress is None:
         progress = sys.stderr.isatty()
     total = _count_lines(Path(input_path)) if input_path != "-" and progress else None
+    identity = job_identity(engine, input_path, cfg) if input_path != "-" and output_path != "-" else None
     started = time.perf_counter()
     fresh = 0  # lines answered (not errors) by this run
-    if output_path == "-":
-        partial, done, sink = None, 0, sys.stdout
-    else:
-        partial, done = start_partial(engine, input_path, output_path, cfg, summary)
-        sink = open(partial, "a", encoding="utf-8")
     source = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
     try:
-        with tqdm(total=total, initial=done, unit="q", disable=not progress, file=sys.stderr) as bar:
+        with job_output(identity, output_path, cfg, summary) as (sink, done), \
+                tqdm(total=total, initial=done, unit="q", disable=not progress, file=sys.stderr) as bar:
             for chunk in read_chunks(source, cfg, skip=done):
                 rows = answer_chunk(engine, chunk, cfg.max_context_tokens)
                 sink.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
@@ -337,16 +354,6 @@ def serve_batch(engine: QAEngine | AdapterEngines, input_path: str, output_path:
                     summary.count(row)
                     fresh += "error" not in row
                 bar.update(len(chunk))
-        if partial is not None:
-            sink.close()
-            os.replace(partial, output_path)
-            partial_paths(output_path)[1].unlink(missing_ok=True)
-    except BaseException:
-        if partial is not None:
-            sink.close()
-            print(f"serve-batch stopped; the partial output is kept at {partial}: rerun the same command with "
-                  "--resume to continue from it", file=sys.stderr)
-        raise
     finally:
         if source is not sys.stdin.buffer:
             source.close()

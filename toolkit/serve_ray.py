@@ -20,8 +20,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from toolkit.serve import ServeConfig, ServeError, Summary, answer_chunk, check_paths, partial_paths, read_chunks, \
-    read_lines, start_partial
+from toolkit.serve import ServeConfig, ServeError, Summary, answer_chunk, check_paths, job_identity, job_output, \
+    read_chunks, read_lines
 
 
 @dataclass
@@ -112,15 +112,11 @@ def serve_batch_ray(input_path: str, output_path: str, cfg: ServeConfig, ray_cfg
     check_paths(input_path, output_path)
     engine = build_engine(ray_cfg.engine_args)  # fails here, before Ray starts, on a bad model; names the job
     summary = Summary(provider=engine.predictor.provider, variant=engine.predictor.variant, output=output_path)
-    if output_path == "-":
-        partial, done, sink = None, 0, sys.stdout
-    else:
-        partial, done = start_partial(engine, input_path, output_path, cfg, summary)
-        sink = open(partial, "a", encoding="utf-8")
+    identity = job_identity(engine, input_path, cfg) if output_path != "-" else None
     del engine
     started = time.perf_counter()
     fresh = 0
-    try:
+    with job_output(identity, output_path, cfg, summary) as (sink, done):
         offsets = chunk_offsets(input_path, cfg, done // cfg.chunk_size)
         if offsets:
             connect(ray_cfg)
@@ -143,16 +139,6 @@ def serve_batch_ray(input_path: str, output_path: str, cfg: ServeConfig, ray_cfg
                         setattr(summary, name, getattr(summary, name) + int(row[name]))
                     fresh += int(row["answered"]) + int(row["no_answer"])
                     bar.update(1)
-        if partial is not None:
-            sink.close()
-            os.replace(partial, output_path)
-            partial_paths(output_path)[1].unlink(missing_ok=True)
-    except BaseException:
-        if partial is not None:
-            sink.close()
-            print(f"serve-batch stopped; the partial output is kept at {partial}: rerun the same command with "
-                  "--resume to continue from it", file=sys.stderr)
-        raise
     summary.seconds = time.perf_counter() - started
     summary.questions_per_second = fresh / summary.seconds if summary.seconds > 0 else 0.0
     return summary

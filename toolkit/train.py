@@ -185,6 +185,14 @@ class TableCallback(TrainerCallback):
         self.printed += 1
 
 
+class CadenceCallback(TrainerCallback):
+    """A resumed run evaluates, logs and saves every --eval-steps as given now: transformers 4.57 would keep
+    the checkpoint's cadence."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)
+
+
 def precision(cfg: TrainConfig) -> str:
     """'fp16' (CUDA), 'bf16' (autocast) or 'fp32' for this run on this machine."""
     if cfg.bf16 not in ("auto", "on", "off"):
@@ -294,7 +302,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
         model=model, args=args,
         train_dataset=train_features.rows(), eval_dataset=evalset.rows(),
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-        compute_metrics=evalset.compute_metrics, callbacks=[table])
+        compute_metrics=evalset.compute_metrics, callbacks=[table, CadenceCallback()])
     result = trainer.train(resume_from_checkpoint=str(latest_checkpoint(out / "checkpoints")) if resume else None)
 
     state = trainer.state
