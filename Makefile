@@ -20,9 +20,10 @@ $(BIN)/qa-toolkit: pyproject.toml constraints.txt
 
 install: $(BIN)/qa-toolkit
 
-# The tests also cover serve-batch --ray: the 'ray' extra (~300 MB) is installed for them, not for the demo.
+# The tests also cover serve-batch --ray and bench's OpenVINO peers: the 'ray' (~300 MB) and 'peers'
+# (~200 MB) extras are installed for them, not for the demo.
 test: install
-	$(BIN)/pip install -q -c constraints.txt -e ".[cpu,test,ray]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[cpu,test,ray,peers]"
 	$(BIN)/python -m pytest -q
 
 # The main job on the offline defaults, in minutes: the shipped reference adapter (models/minilm-squad-lora)

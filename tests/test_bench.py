@@ -6,8 +6,9 @@ from toolkit.cli import main
 from toolkit.metrics import score_answer_file
 
 
-def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, tmp_path):
+def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, squad_file, tmp_path):
     result = CliRunner().invoke(main, ["bench", "--model", str(exported_bert), "--eval-file", str(eval_file),
+                                       "--calibration-file", str(squad_file),
                                        "--batch-sizes", "1,2", "--seq-lens", "real,64", "--latency-batches", "2",
                                        "--results-dir", str(tmp_path), "--name", "t"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -25,7 +26,14 @@ def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, tmp_path)
     assert results["variants"]["torch"]["speedup_vs_baseline"]["b1-real"] == 1.0
     assert results["variants"]["onnx-fp32"]["answer_agreement_vs_baseline"] == 100.0
     assert results["variants"]["onnx-fp32"]["span_agreement_vs_baseline"] == 100.0
-    assert results["peer"]["questions_per_second"] > 0 and "f1" in results["peer"]
+    peers = results["peers"]
+    assert set(peers) == {"pipeline-torch", "pipeline-ort", "pipeline-ov-fp32", "pipeline-ov-int8"}
+    for kind, peer in peers.items():  # every peer runs or says why not (OpenVINO without the peers extra)
+        assert peer.get("questions_per_second", 0) > 0 and "f1" in peer or "peers extra" in peer["skipped"], kind
+    assert results["best_peer"] in peers and results["throughput_ratio_ours_best_vs_best_peer"] > 0
+    peaks = results["peaks"]
+    assert min(peaks["fp32_torch"], peaks["fp32_onnxruntime"], peaks["int8_onnxruntime"], peaks["bf16_torch"]) > 1e8
+    assert all(0 < row["eval_roofline_fraction"] < 1.5 for row in results["variants"].values())
     assert "| onnx-int8 |" in (out / "results.md").read_text()
     assert (out / "latency.png").stat().st_size > 0
 

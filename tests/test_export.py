@@ -1,13 +1,14 @@
 import json
 import shutil
 
+import onnx as onnx_lib
 import pytest
 from click.testing import CliRunner
 
 from toolkit.cli import main
 from toolkit.config import QAConfig
 from toolkit.engine import ONNX_FILES, OrtPredictor
-from toolkit.export import ExportConfig, ExportError, export
+from toolkit.export import ExportConfig, ExportError, export, gate
 
 
 def run_export(*args):
@@ -29,8 +30,13 @@ def test_export_merge_writes_every_cpu_variant_with_parity(exported_bert):
         assert manifest["variants"][name]["answer_agreement"] == manifest["variants"][name]["span_agreement"] == 100.0
     assert manifest["variants"]["int8"]["max_abs_logit_diff"] < 1.0
     assert manifest["variants"]["fp16"]["passed"] is False and "CUDA" in manifest["variants"]["fp16"]["reason"]
+    int8_ops = {node.op_type for node in onnx_lib.load(onnx / ONNX_FILES["int8"]).graph.node}
+    assert {"QAttention", "DynamicQuantizeMatMul"} <= int8_ops or {"QAttention", "MatMulInteger"} <= int8_ops, int8_ops
+    assert "Attention" not in int8_ops  # quantised from the fused graph: attention runs as an integer kernel
     qa = QAConfig.load(onnx)
-    assert qa.default_variant["cpu"] in ("int8", "opt", "fp32") and qa.max_length == 64
+    passed = {k: v for k, v in manifest["variants"].items() if v["passed"] and k != "fp16"}
+    assert qa.default_variant["cpu"] == max(passed, key=lambda k: passed[k]["questions_per_second"])
+    assert qa.max_length == 64
     assert qa.null_threshold == QAConfig.load(exported_bert.parent / "adapter").null_threshold
     assert (onnx / "tokenizer.json").exists()
     assert (exported_bert / "merged" / "model.safetensors").exists()
@@ -98,3 +104,12 @@ def test_bad_variant_names(trained_bert):
 def test_without_merge_an_adapter_dir_is_pointed_to_merge(trained_bert):
     result = run_export("--model", str(trained_bert / "adapter"))
     assert result.exit_code != 0 and "--merge --adapter" in result.output
+
+
+def test_gate_bites_on_em_or_f1_with_the_threshold_or_on_best_spans():
+    fine = {"delta_exact": -0.9, "delta_f1": 0.5, "forced_delta_exact": -1.0, "forced_delta_f1": -0.2}
+    assert gate(fine, 1.0) is None
+    for key, label in (("delta_exact", "EM"), ("delta_f1", "F1"), ("forced_delta_exact", "best-span EM"),
+                       ("forced_delta_f1", "best-span F1")):
+        reason = gate({**fine, key: -1.3}, 1.0)
+        assert reason and reason.startswith(f"{label} drops 1.30"), (key, reason)

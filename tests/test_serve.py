@@ -83,6 +83,9 @@ def test_every_bad_line_gets_its_own_error_in_order(exported_bert, tmp_path):
     s = json.loads(summary.read_text())
     assert (s["lines"], s["errors"], s["answered"] + s["no_answer"]) == (12, 9, 3)
     assert s["provider"] == "CPUExecutionProvider" and s["variant"] == QAConfig.load(exported_bert / "onnx").default_variant["cpu"]
+    stages = s["stage_seconds"]  # the profile of the run: every stage timed, adding up to the wall time
+    assert set(stages) == {"read", "checks", "tokenise", "infer", "postprocess", "format", "write", "other"}
+    assert all(v > 0 for k, v in stages.items() if k != "other") and abs(sum(stages.values()) - s["seconds"]) < 1e-6
 
 
 def test_empty_file_and_missing_input(exported_bert, tmp_path):

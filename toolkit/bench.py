@@ -22,6 +22,7 @@ from toolkit.modeling import encoder_flops, matmul_flops_per_second
 from toolkit.engine import (ONNX_FILES, BatchSettings, OrtPredictor, QAEngine, TorchPredictor, cuda_available,
                             default_threads, feature_logits, pad_batch)
 from toolkit.metrics import squad_scores
+from toolkit.peers import PEERS, calibration_windows, run_peer
 from toolkit.postprocess import answer_all
 from toolkit.train import first_answer, package_versions, peak_rss_mb
 
@@ -47,7 +48,9 @@ class BenchConfig:
     eval_samples: int | None = None
     accuracy_batch_size: int | None = None  # default: the serving default of the device
     threads: int | None = None
-    peer: bool = True  # the transformers QA pipeline over Optimum's ORTModelForQuestionAnswering
+    peers: list[str] = field(default_factory=lambda: list(PEERS))  # toolkit.peers: the ways to serve without us
+    calibration_file: str = "squad-v1.1-train"  # training questions whose windows calibrate the int8 peer
+    calibration_samples: int = 128
     seed: int = 42
     cache_dir: str | None = None
 
@@ -131,7 +134,7 @@ def machine_info(threads: int) -> dict:
     return info
 
 
-def _accuracy_pass(predictors: dict, engine_qa: QAConfig, examples, features, pad_id: int, chunk: int,
+def accuracy_pass(predictors: dict, engine_qa: QAConfig, examples, features, pad_id: int, chunk: int,
                    batch_size: int | None) -> dict:
     """All eval windows through every variant, chunk by chunk in rotating order; answers and timings."""
     from toolkit.features import Features
@@ -192,26 +195,63 @@ def _latency(predictors: dict, features, pad_id: int, batch_size: int, seq: str,
     return out
 
 
-def _peer(onnx_dir: Path, examples, qa: QAConfig, threads: int) -> dict:
-    """The transformers question-answering pipeline over Optimum's ORTModelForQuestionAnswering."""
+def _onnx_matmul_rate(kind: str, threads: int, n: int = 1024, repeats: int = 10) -> float:
+    """Dense n x n x n matmul rate of ONNX Runtime's CPU kernels: MatMul (fp32) or MatMulInteger (int8,
+    u8 activations with the weight type the int8 variant uses here)."""
     import onnxruntime as ort
-    from optimum.onnxruntime import ORTModelForQuestionAnswering
-    from transformers import AutoTokenizer, pipeline
+    from onnx import TensorProto, helper, numpy_helper
 
+    from toolkit.export import cpu_quantization_target
+
+    rng = np.random.default_rng(0)
+    if kind == "fp32":
+        a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+        node, out_type = helper.make_node("MatMul", ["a", "b"], ["y"]), TensorProto.FLOAT
+    else:
+        signed = cpu_quantization_target() in ("avx512_vnni", "avx512", "arm64")  # Optimum's weight types
+        a = rng.integers(0, 255, (n, n), dtype=np.uint8)
+        b = rng.integers(-127, 127, (n, n), dtype=np.int8) if signed else rng.integers(0, 255, (n, n), dtype=np.uint8)
+        node, out_type = helper.make_node("MatMulInteger", ["a", "b"], ["y"]), TensorProto.INT32
+    graph = helper.make_graph([node], "mm", [helper.make_tensor_value_info("a", helper.np_dtype_to_tensor_dtype(a.dtype), [n, n])],
+                              [helper.make_tensor_value_info("y", out_type, [n, n])], [numpy_helper.from_array(b, "b")])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    model = ORTModelForQuestionAnswering.from_pretrained(onnx_dir, file_name=ONNX_FILES["fp32"],
-                                                         session_options=options)
-    qa_pipe = pipeline("question-answering", model=model, tokenizer=AutoTokenizer.from_pretrained(onnx_dir))
-    t = time.perf_counter()
-    results = qa_pipe(question=[e.question for e in examples], context=[e.context for e in examples],
-                      handle_impossible_answer=True, max_seq_len=qa.max_length, doc_stride=qa.doc_stride,
-                      max_answer_len=qa.max_answer_length, max_question_len=qa.max_question_tokens)
-    seconds = time.perf_counter() - t
-    results = results if isinstance(results, list) else [results]
-    scores = squad_scores({e.id: r["answer"] for e, r in zip(examples, results)}, data_mod.references(examples))
-    return {"seconds": seconds, "questions_per_second": len(examples) / seconds, **scores,
-            "note": "transformers pipeline, ORTModelForQuestionAnswering (model.onnx), handle_impossible_answer=True"}
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+                                   options, providers=["CPUExecutionProvider"])
+    session.run(None, {"a": a})
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        session.run(None, {"a": a})
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def machine_peaks(threads: int) -> dict:
+    """This machine's dense matmul rates (multiply-add = 2 ops) at each precision, as the runtimes reach
+    them: fp32 and int8 through ONNX Runtime, fp32 and bf16 through torch; whether bf16 is native here."""
+    import torch
+
+    from toolkit.modeling import cpu_flags
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 1024, dtype=torch.bfloat16), torch.randn(1024, 1024, dtype=torch.bfloat16)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(10):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    flags = cpu_flags()
+    return {"fp32_torch": matmul_flops_per_second(threads), "fp32_onnxruntime": _onnx_matmul_rate("fp32", threads),
+            "int8_onnxruntime": _onnx_matmul_rate("int8", threads), "bf16_torch": 2 * 1024 ** 3 / best,
+            "bf16_native": bool({"avx512_bf16", "amx_bf16"} & flags) or cuda_available(),
+            "int8_vnni": bool({"avx512_vnni", "avx_vnni"} & flags)}
+
+
+def peak_for(variant: str, peaks: dict) -> float:
+    """The peak a variant's matmuls can reach: int8 ones the integer rate, the others fp32."""
+    return peaks["int8_onnxruntime"] if "int8" in variant else peaks["fp32_torch"]
 
 
 def run_bench(cfg: BenchConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
@@ -245,11 +285,16 @@ def run_bench(cfg: BenchConfig, log=lambda m: print(m, file=sys.stderr)) -> dict
     features = QAEngine(None, tokenizer, qa).features([e.question for e in examples], [e.context for e in examples])
     log(f"eval set: {len(examples)} questions -> {len(features)} windows; variants {variants}; {threads} threads")
 
+    unknown = set(cfg.peers) - set(PEERS)
+    if unknown:
+        raise BenchError(f"unknown peer(s) {sorted(unknown)}; choose from {list(PEERS)}")
     predictors = {v: make_predictor(v, onnx_dir, torch_dir, threads) for v in variants}
-    peak = matmul_flops_per_second(threads)
-    log(f"dense fp32 matmul (torch, {threads} threads): {peak / 1e9:.1f} GFLOP/s")
+    peaks = machine_peaks(threads)
+    peak = peaks["fp32_torch"]
+    log("dense matmul peaks (GOP/s): " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peaks.items()
+                                                    if isinstance(v, float)))
     log("accuracy and throughput over the eval set (interleaved chunks)")
-    accuracy = _accuracy_pass(predictors, qa, examples, features, tokenizer.pad_token_id, 256,
+    accuracy = accuracy_pass(predictors, qa, examples, features, tokenizer.pad_token_id, 256,
                               cfg.accuracy_batch_size)
     from transformers import AutoConfig
 
@@ -264,9 +309,16 @@ def run_bench(cfg: BenchConfig, log=lambda m: print(m, file=sys.stderr)) -> dict
     workload = {k: v[:256] for k, v in features.inputs.items()}
     memory = {v: in_fresh_process(_memory_probe, (v, str(onnx_dir), str(torch_dir), threads, workload,
                                                   tokenizer.pad_token_id)) for v in variants}
-    peer = _peer(onnx_dir, examples, qa, threads) if cfg.peer else None
+    calibration = (calibration_windows(tokenizer, qa, cfg.calibration_file, cfg.calibration_samples, cfg.seed)
+                   if "pipeline-ov-int8" in cfg.peers else [])
+    peers = {}
+    for kind in cfg.peers:
+        log(f"peer: {kind}")
+        peers[kind] = run_peer(kind, onnx_dir, torch_dir, examples, qa, threads, calibration)
+        torch.set_num_threads(threads)
 
     baseline = "torch" if "torch" in variants else variants[0]
+    eval_flops = sum(encoder_flops(model_config, len(ids)) for ids in features.inputs["input_ids"])
     rows = {}
     for v in variants:
         agree = sum(a == b for a, b in zip(accuracy[v]["answers"], accuracy[baseline]["answers"]))
@@ -276,7 +328,8 @@ def run_bench(cfg: BenchConfig, log=lambda m: print(m, file=sys.stderr)) -> dict
                    "answer_agreement_vs_baseline": 100.0 * agree / len(examples),
                    "span_agreement_vs_baseline": 100.0 * span_agree / len(examples),
                    "latency": {k: latency[k][v] for k in latency},
-                   "roofline_fraction": {k: latency[k][v]["achieved_flops"] / peak for k in latency}}
+                   "roofline_fraction": {k: latency[k][v]["achieved_flops"] / peak_for(v, peaks) for k in latency},
+                   "eval_roofline_fraction": eval_flops / accuracy[v]["seconds"] / peak_for(v, peaks)}
     for v in variants:
         rows[v]["speedup_vs_baseline"] = {k: rows[baseline]["latency"][k]["mean_ms"] / rows[v]["latency"][k]["mean_ms"]
                                           for k in latency}
@@ -286,10 +339,14 @@ def run_bench(cfg: BenchConfig, log=lambda m: print(m, file=sys.stderr)) -> dict
                "machine": machine_info(threads), "versions": package_versions(), "baseline": baseline,
                "eval_set": {"spec": cfg.eval_file, "questions": len(examples), "windows": len(features),
                             "null_threshold": qa.null_threshold},
-               "matmul_flops_per_second": peak, "variants": rows, "skipped": skipped, "peer": peer}
-    if peer:
-        results["peer"]["throughput_ratio_ours_best_vs_peer"] = (
-            max(r["questions_per_second"] for r in rows.values()) / peer["questions_per_second"])
+               "matmul_flops_per_second": peak, "peaks": peaks, "variants": rows, "skipped": skipped,
+               "peers": peers}
+    ran = [p for p in peers.values() if "skipped" not in p]
+    if ran:
+        best = max(ran, key=lambda p: p["questions_per_second"])
+        results["best_peer"] = next(k for k, p in peers.items() if p is best)
+        results["throughput_ratio_ours_best_vs_best_peer"] = (
+            max(r["questions_per_second"] for r in rows.values()) / best["questions_per_second"])
     out = Path(cfg.results_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -319,12 +376,22 @@ def markdown(results: dict) -> str:
                      f"{r['questions_per_second']:.1f} | {r['throughput_ratio_vs_baseline']:.2f} | {r['exact']:.2f} | "
                      f"{r['f1']:.2f} | {r.get('HasAns_f1', float('nan')):.2f} | {r.get('NoAns_f1', float('nan')):.2f} | "
                      f"{r['answer_agreement_vs_baseline']:.1f} | {r['span_agreement_vs_baseline']:.1f} |")
-    peer = results.get("peer")
-    if peer:
-        lines.append(f"| peer: transformers pipeline + ORTModel | – | – | {peer['questions_per_second']:.1f} | "
+    for kind, peer in results.get("peers", {}).items():
+        if "skipped" in peer:
+            lines.append(f"| peer: {kind} | – | – | not run: {peer['skipped']} | | | | | | | |")
+            continue
+        lines.append(f"| peer: {kind} | – | – | {peer['questions_per_second']:.1f} | "
                      f"{peer['questions_per_second'] / rows[base]['questions_per_second']:.2f} | {peer['exact']:.2f} | "
                      f"{peer['f1']:.2f} | {peer.get('HasAns_f1', float('nan')):.2f} | "
                      f"{peer.get('NoAns_f1', float('nan')):.2f} | – | – |")
+    peaks = results["peaks"]
+    lines += ["", "Dense matmul peaks here (GOP/s, multiply-add = 2): "
+              f"fp32 {peaks['fp32_torch'] / 1e9:.1f} (torch) / {peaks['fp32_onnxruntime'] / 1e9:.1f} (ONNX Runtime), "
+              f"int8 {peaks['int8_onnxruntime'] / 1e9:.1f} (ONNX Runtime MatMulInteger"
+              f"{', VNNI' if peaks['int8_vnni'] else ', no VNNI'}), bf16 {peaks['bf16_torch'] / 1e9:.1f} (torch"
+              f"{'' if peaks['bf16_native'] else ', not native on this CPU'}). Fraction of the peak that applies "
+              "(int8 for int8 variants, fp32 otherwise) reached over the whole eval pass: "
+              + ", ".join(f"{v} {100 * r['eval_roofline_fraction']:.0f}%" for v, r in rows.items()) + "."]
     lines += ["", "Latency per batch (ms, p50 / p95), speed-up of the mean vs the baseline, and fraction of the "
               "matmul peak achieved:", "",
               "| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]

@@ -7,7 +7,9 @@ logits as float32 numpy arrays, so that their answers can be compared one to one
 import copy
 import json
 import os
-from dataclasses import dataclass
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,20 @@ ADAPTERS_FILE = "adapters.json"
 
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class Stopwatch:
+    """Seconds spent per named stage, summed over calls: ``with watch("infer"): ...``."""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
 
 
 class EngineError(RuntimeError):
@@ -209,17 +225,23 @@ class QAEngine:
     def features(self, questions: list[str], contexts: list[str]) -> Features:
         return build_features(self.tokenizer, questions, contexts, self.qa.features())
 
-    def run(self, contexts: list[str], features: Features):
-        """(answers, start logits, end logits) for the features of these contexts."""
-        start, end = feature_logits(self.predictor, features, self.tokenizer.pad_token_id, self.settings)
-        answers = answer_all(contexts, features.example_index, features.offsets, start, end,
-                             self.qa.n_best, self.qa.max_answer_length, self.qa.null_threshold)
+    def run(self, contexts: list[str], features: Features, watch: Stopwatch | None = None):
+        """(answers, start logits, end logits) for the features of these contexts; stage times go to watch."""
+        watch = watch or Stopwatch()
+        with watch("infer"):
+            start, end = feature_logits(self.predictor, features, self.tokenizer.pad_token_id, self.settings)
+        with watch("postprocess"):
+            answers = answer_all(contexts, features.example_index, features.offsets, start, end,
+                                 self.qa.n_best, self.qa.max_answer_length, self.qa.null_threshold)
         return answers, start, end
 
-    def answer(self, questions: list[str], contexts: list[str]) -> list[Answer]:
+    def answer(self, questions: list[str], contexts: list[str], watch: Stopwatch | None = None) -> list[Answer]:
         if not questions:
             return []
-        return self.run(contexts, self.features(questions, contexts))[0]
+        watch = watch or Stopwatch()
+        with watch("tokenise"):
+            features = self.features(questions, contexts)
+        return self.run(contexts, features, watch)[0]
 
 
 @dataclass

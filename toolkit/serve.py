@@ -19,13 +19,13 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
 from tqdm.auto import tqdm
 
-from toolkit.engine import AdapterEngines, QAEngine
+from toolkit.engine import AdapterEngines, QAEngine, Stopwatch
 from toolkit.features import question_lengths
 
 
@@ -63,6 +63,9 @@ class Summary:
     provider: str = ""
     variant: str = ""
     output: str = ""
+    # where this run's wall time went: read (reading and parsing lines), checks (token limits), tokenise,
+    # infer, postprocess, format (answer lines as JSON), write; "other" is the rest (progress bar, setup)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def count(self, row: dict) -> None:
         self.lines += 1
@@ -190,13 +193,16 @@ def by_engine(engine: QAEngine | AdapterEngines, queries: list[Query]) -> dict[s
 
 
 def answer_chunk(engine: QAEngine | AdapterEngines, chunk: list[Query],
-                 max_context_tokens: int = ServeConfig.max_context_tokens) -> list[dict]:
+                 max_context_tokens: int = ServeConfig.max_context_tokens, watch: Stopwatch | None = None) -> list[dict]:
+    watch = watch or Stopwatch()
     answers = {}
     for name, group in by_engine(engine, [q for q in chunk if q.error is None]).items():
         one = engine if name is None else engine.engines[name]
-        check_sizes(one, group, max_context_tokens)
+        with watch("checks"):
+            check_sizes(one, group, max_context_tokens)
         group = [q for q in group if q.error is None]
-        answers.update(zip((q.line for q in group), one.answer([q.question for q in group], [q.context for q in group])))
+        answers.update(zip((q.line for q in group),
+                           one.answer([q.question for q in group], [q.context for q in group], watch)))
     out = []
     for q in chunk:
         if q.error is not None:
@@ -340,16 +346,25 @@ def serve_batch(engine: QAEngine | AdapterEngines, input_path: str, output_path:
         progress = sys.stderr.isatty()
     total = _count_lines(Path(input_path)) if input_path != "-" and progress else None
     identity = job_identity(engine, input_path, cfg) if input_path != "-" and output_path != "-" else None
+    watch = Stopwatch()
     started = time.perf_counter()
     fresh = 0  # lines answered (not errors) by this run
     source = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
     try:
         with job_output(identity, output_path, cfg, summary) as (sink, done), \
                 tqdm(total=total, initial=done, unit="q", disable=not progress, file=sys.stderr) as bar:
-            for chunk in read_chunks(source, cfg, skip=done):
-                rows = answer_chunk(engine, chunk, cfg.max_context_tokens)
-                sink.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-                sink.flush()  # whole chunks reach the file: what --resume keeps
+            chunks = read_chunks(source, cfg, skip=done)
+            while True:
+                with watch("read"):
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                rows = answer_chunk(engine, chunk, cfg.max_context_tokens, watch)
+                with watch("format"):
+                    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+                with watch("write"):
+                    sink.write(text)
+                    sink.flush()  # whole chunks reach the file: what --resume keeps
                 for row in rows:
                     summary.count(row)
                     fresh += "error" not in row
@@ -359,4 +374,5 @@ def serve_batch(engine: QAEngine | AdapterEngines, input_path: str, output_path:
             source.close()
     summary.seconds = time.perf_counter() - started
     summary.questions_per_second = fresh / summary.seconds if summary.seconds > 0 else 0.0
+    summary.stage_seconds = {**watch.seconds, "other": summary.seconds - sum(watch.seconds.values())}
     return summary
