@@ -22,7 +22,7 @@ from toolkit import data
 from toolkit.bench import accuracy_pass, machine_info, machine_peaks, peak_for
 from toolkit.config import QAConfig
 from toolkit.engine import ONNX_FILES, OrtPredictor, QAEngine, TorchPredictor, default_threads
-from toolkit.export import cpu_quantization_target, quantize_int8
+from toolkit.export import quantize_int8
 from toolkit.metrics import squad_scores
 from toolkit.modeling import encoder_flops, load_for_inference, load_tokenizer
 from toolkit.peers import calibration_windows
@@ -63,22 +63,21 @@ def build(onnx_dir: Path, work: Path, calibration: list[dict], log) -> dict[str,
     ORTOptimizer.from_pretrained(work).optimize(OptimizationConfig(optimization_level=2, optimize_for_gpu=False),
                                                  save_dir=work)
     plain, fused = work / ONNX_FILES["fp32"], work / ONNX_FILES["opt"]
-    target = cpu_quantization_target()
     files = {"onnx-fp32": plain, "onnx-fused-fp32": fused}
     float_default = {"DefaultTensorType": onnx.TensorProto.FLOAT, "WeightSymmetric": True}
-    for name, source, per_channel, weights, reduce_range in [
-            ("int8 plain, per tensor (shipped before)", plain, False, QuantType.QUInt8, False),
-            ("int8 plain, per channel", plain, True, QuantType.QUInt8, False),
-            ("int8 fused, per channel, U8S8 (VNNI types)", fused, True, QuantType.QInt8, False),
-            ("int8 fused, per channel, reduce_range", fused, True, QuantType.QUInt8, True)]:
+    for name, source, per_channel, reduce_range in [("int8 plain, per tensor (shipped before)", plain, False, False),
+                                                    ("int8 plain, per channel", plain, True, False),
+                                                    ("int8 fused, per channel, U8U8, reduce_range", fused, True, True)]:
         files[name] = work / f"model_{len(files)}.onnx"
         log(f"building {name}")
-        quantize_dynamic(source, files[name], per_channel=per_channel, reduce_range=reduce_range, weight_type=weights,
-                         op_types_to_quantize=["MatMul", "Attention", "Gather", "EmbedLayerNormalization"],
-                         extra_options=float_default)
-    name = f"int8 fused, per channel, {target} types (export's int8)"
-    files[name] = work / "model_quantized.onnx"
-    quantize_int8(fused, files[name], target)
+        quantize_dynamic(source, files[name], per_channel=per_channel, reduce_range=reduce_range,
+                         weight_type=QuantType.QUInt8, extra_options=float_default,
+                         op_types_to_quantize=["MatMul", "Attention", "Gather", "EmbedLayerNormalization"])
+    for name, signed in (("int8 fused, per channel, U8S8 (export's int8)", True),
+                         ("int8 fused, per channel, U8U8 (export's int8-u8)", False)):
+        files[name] = work / f"model_{len(files)}.onnx"
+        log(f"building {name}")
+        quantize_int8(fused, files[name], signed)
 
     class Windows(CalibrationDataReader):
         def __init__(self):
@@ -154,7 +153,7 @@ def main() -> None:
     rows = []
     for name, r in accuracy.items():
         span = squad_scores(dict(zip((e.id for e in examples), r["spans"])), refs)
-        kind = "int8" if "int8" in name else "fp32"
+        kind = ("int8-u8" if "U8U8" in name or "plain" in name else "int8") if "int8" in name else "fp32"
         rows.append({"variant": name, "size_mb": sizes[name] / 2 ** 20, "questions_per_second": r["questions_per_second"],
                      "x_torch": r["questions_per_second"] / base["questions_per_second"],
                      "exact": r["exact"], "f1": r["f1"], "delta_exact": r["exact"] - base["exact"],
@@ -173,8 +172,8 @@ def main() -> None:
              f"Machine: {results['machine'].get('cpu', '')}, {threads} threads"
              f"{', VNNI' if peaks['int8_vnni'] else ', no VNNI (AVX2 int8)'}. {len(examples)} questions "
              f"({args.eval_file}), {len(features)} windows, all variants interleaved in one run. Peaks (GOP/s): "
-             f"fp32 {peaks['fp32_torch'] / 1e9:.0f}, int8 {peaks['int8_onnxruntime'] / 1e9:.0f} (ONNX Runtime "
-             f"MatMulInteger), bf16 {peaks['bf16_torch'] / 1e9:.0f}{'' if peaks['bf16_native'] else ' (not native here)'}. "
+             f"fp32 {peaks['fp32_torch'] / 1e9:.0f}, int8 {peaks['int8_u8s8_onnxruntime'] / 1e9:.0f} U8S8 / "
+             f"{peaks['int8_u8u8_onnxruntime'] / 1e9:.0f} U8U8 (ONNX Runtime MatMulInteger), bf16 {peaks['bf16_torch'] / 1e9:.0f}{'' if peaks['bf16_native'] else ' (not native here)'}. "
              "Gate: EM and F1 within 1.0 of torch, with the threshold and on best spans.", "",
              "| variant | size MB | q/s | × torch | EM (Δ) | F1 (Δ) | best-span ΔEM / ΔF1 | gate | % of peak |",
              "|---|---|---|---|---|---|---|---|---|"]

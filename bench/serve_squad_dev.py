@@ -1,7 +1,8 @@
 """serve-batch over SQuAD v1.1 dev (10,570 questions as JSONL), every engine/variant in one run, each
-output file scored with the official metric.
+output file scored with the official metric, against the peers (transformers pipelines, toolkit.peers)
+on the same questions, and with serve-batch's wall time split by stage.
 
-    python bench/serve_squad_dev.py --export models/minilm-reference/export [--samples N]
+    python bench/serve_squad_dev.py --export models/minilm-squad-lora/export [--samples N] [--peers ...]
 
 Writes bench/results/<name>/results.json and results.md. Uses the same library calls as
 `qa-toolkit to-jsonl`, `serve-batch` and `score`.
@@ -15,11 +16,15 @@ from pathlib import Path
 from toolkit import data
 from toolkit.bench import machine_info
 from toolkit.engine import default_threads, load_engine
+from toolkit.config import QAConfig
 from toolkit.metrics import score_answer_file
+from toolkit.modeling import load_tokenizer
+from toolkit.peers import PEERS, calibration_windows, run_peer
 from toolkit.serve import serve_batch
 from toolkit.train import package_versions
 
 RUNS = [("onnx", "fp32"), ("onnx", "opt"), ("onnx", "int8"), ("torch", None)]
+STAGES = ("read", "checks", "tokenise", "infer", "postprocess", "format", "write", "other")
 
 
 def main() -> None:
@@ -27,6 +32,7 @@ def main() -> None:
     parser.add_argument("--export", required=True, help="export directory (merged/ + onnx/)")
     parser.add_argument("--source", default="squad-v1.1-dev")
     parser.add_argument("--samples", type=int, help="seeded subset (default: all questions)")
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated, or 'none'")
     parser.add_argument("--name", default="serve-squad-v1.1-dev")
     parser.add_argument("--results-dir", default="bench/results")
     args = parser.parse_args()
@@ -51,11 +57,19 @@ def main() -> None:
                      "lines": summary.lines, "errors": summary.errors, "no_answer": summary.no_answer,
                      "seconds": summary.seconds, "questions_per_second": summary.questions_per_second,
                      "exact": scores["exact"], "f1": scores["f1"], "forced_exact": forced["exact"],
-                     "forced_f1": forced["f1"]})
+                     "forced_f1": forced["f1"], "stage_seconds": summary.stage_seconds})
         print(json.dumps(rows[-1]), flush=True)
+    onnx_dir = Path(args.export) / "onnx"
+    qa, tokenizer = QAConfig.load(onnx_dir), load_tokenizer(str(onnx_dir))
+    peers = {}
+    for kind in ([] if args.peers == "none" else args.peers.split(",")):
+        print(f"peer {kind}: {len(examples)} questions", flush=True)
+        calibration = calibration_windows(tokenizer, qa, "squad-v1.1-train", 128, 42) if kind == "pipeline-ov-int8" else []
+        peers[kind] = run_peer(kind, onnx_dir, Path(args.export) / "merged", examples, qa, default_threads(), calibration)
+        print(json.dumps(peers[kind]), flush=True)
     results = {"name": args.name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "source": args.source,
                "questions": len(examples), "machine": machine_info(default_threads()),
-               "versions": package_versions(), "rows": rows}
+               "versions": package_versions(), "rows": rows, "peers": peers}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     base = next(r for r in rows if r["engine"] == "torch")
@@ -69,6 +83,23 @@ def main() -> None:
         lines.append(f"| {r['engine']} | {r['variant']} | {r['questions_per_second']:.1f} | "
                      f"{r['questions_per_second'] / base['questions_per_second']:.2f} | {r['no_answer']} | "
                      f"{r['exact']:.2f} | {r['f1']:.2f} | {r['forced_exact']:.2f} | {r['forced_f1']:.2f} |")
+    ran = {k: p for k, p in peers.items() if "skipped" not in p}
+    if peers:
+        best = max(r["questions_per_second"] for r in rows)
+        lines += ["", "Peers on the same questions (transformers pipeline, handle_impossible_answer=True; EM/F1 "
+                  "with the pipeline's own no-answer rule):", "",
+                  "| peer | q/s | serve-batch best ÷ peer | EM | F1 | note |", "|---|---|---|---|---|---|"]
+        for k, p in peers.items():
+            lines.append(f"| {k} | not run | | | | {p['skipped']} |" if k not in ran else
+                         f"| {k} | {p['questions_per_second']:.1f} | {best / p['questions_per_second']:.2f} | "
+                         f"{p['exact']:.2f} | {p['f1']:.2f} | {p['note']} |")
+    lines += ["", "Where serve-batch's wall time goes (% of each run; read = reading and parsing lines, checks = "
+              "token limits, format = answer lines as JSON):", "",
+              "| variant | " + " | ".join(STAGES) + " | outside inference |", "|---|" + "---|" * (len(STAGES) + 1)]
+    for r in rows:
+        share = {k: 100 * r["stage_seconds"].get(k, 0.0) / r["seconds"] for k in STAGES}
+        lines.append(f"| {r['variant']} | " + " | ".join(f"{share[k]:.1f}" for k in STAGES)
+                     + f" | {100 - share['infer']:.1f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

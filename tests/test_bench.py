@@ -14,7 +14,7 @@ def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, squad_fil
     assert result.exit_code == 0, result.output
     out = tmp_path / "t"
     results = json.loads((out / "results.json").read_text())
-    assert set(results["variants"]) == {"torch", "onnx-fp32", "onnx-opt", "onnx-int8"}
+    assert set(results["variants"]) == {"torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int8-u8"}
     assert results["skipped"] == ["onnx-fp16"] and results["baseline"] == "torch"
     assert results["matmul_flops_per_second"] > 1e8
     for name, row in results["variants"].items():
@@ -32,7 +32,8 @@ def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, squad_fil
         assert peer.get("questions_per_second", 0) > 0 and "f1" in peer or "peers extra" in peer["skipped"], kind
     assert results["best_peer"] in peers and results["throughput_ratio_ours_best_vs_best_peer"] > 0
     peaks = results["peaks"]
-    assert min(peaks["fp32_torch"], peaks["fp32_onnxruntime"], peaks["int8_onnxruntime"], peaks["bf16_torch"]) > 1e8
+    assert min(peaks["fp32_torch"], peaks["fp32_onnxruntime"], peaks["int8_u8s8_onnxruntime"],
+               peaks["int8_u8u8_onnxruntime"], peaks["bf16_torch"]) > 1e8
     assert all(0 < row["eval_roofline_fraction"] < 1.5 for row in results["variants"].values())
     assert "| onnx-int8 |" in (out / "results.md").read_text()
     assert (out / "latency.png").stat().st_size > 0

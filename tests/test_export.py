@@ -19,7 +19,7 @@ def test_export_merge_writes_every_cpu_variant_with_parity(exported_bert):
     manifest = json.loads((exported_bert / "export_manifest.json").read_text())
     assert manifest["merge_max_abs_logit_diff"] < 1e-4
     onnx = exported_bert / "onnx"
-    for name in ("fp32", "opt", "int8"):
+    for name in ("fp32", "opt", "int8", "int8-u8"):
         v = manifest["variants"][name]
         assert (onnx / ONNX_FILES[name]).exists() and v["size_bytes"] > 0
         assert {"max_abs_logit_diff", "answer_agreement", "span_agreement", "delta_exact", "delta_f1",
@@ -30,9 +30,13 @@ def test_export_merge_writes_every_cpu_variant_with_parity(exported_bert):
         assert manifest["variants"][name]["answer_agreement"] == manifest["variants"][name]["span_agreement"] == 100.0
     assert manifest["variants"]["int8"]["max_abs_logit_diff"] < 1.0
     assert manifest["variants"]["fp16"]["passed"] is False and "CUDA" in manifest["variants"]["fp16"]["reason"]
-    int8_ops = {node.op_type for node in onnx_lib.load(onnx / ONNX_FILES["int8"]).graph.node}
-    assert {"QAttention", "DynamicQuantizeMatMul"} <= int8_ops or {"QAttention", "MatMulInteger"} <= int8_ops, int8_ops
-    assert "Attention" not in int8_ops  # quantised from the fused graph: attention runs as an integer kernel
+    for name, weights in (("int8", 3), ("int8-u8", 2)):  # onnx TensorProto INT8 = 3, UINT8 = 2
+        graph = onnx_lib.load(onnx / ONNX_FILES[name]).graph
+        ops = {node.op_type for node in graph.node}
+        assert {"QAttention", "MatMulInteger"} <= ops, ops
+        assert "Attention" not in ops  # quantised from the fused graph: attention runs as an integer kernel
+        matmul_weights = {node.input[1] for node in graph.node if node.op_type == "MatMulInteger"}
+        assert {t.data_type for t in graph.initializer if t.name in matmul_weights} == {weights}, name
     qa = QAConfig.load(onnx)
     passed = {k: v for k, v in manifest["variants"].items() if v["passed"] and k != "fp16"}
     assert qa.default_variant["cpu"] == max(passed, key=lambda k: passed[k]["questions_per_second"])

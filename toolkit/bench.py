@@ -26,7 +26,7 @@ from toolkit.peers import PEERS, calibration_windows, run_peer
 from toolkit.postprocess import answer_all
 from toolkit.train import first_answer, package_versions, peak_rss_mb
 
-VARIANTS = ("torch", "torch-fp16", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-fp16")
+VARIANTS = ("torch", "torch-fp16", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int8-u8", "onnx-fp16")
 GPU_ONLY = {"torch-fp16", "onnx-fp16"}
 
 
@@ -40,7 +40,7 @@ class BenchConfig:
     eval_file: str
     name: str = "latest"
     results_dir: str = "bench/results"
-    variants: list[str] = field(default_factory=lambda: ["torch", "onnx-fp32", "onnx-opt", "onnx-int8"])
+    variants: list[str] = field(default_factory=lambda: ["torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int8-u8"])
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     seq_lens: list[str] = field(default_factory=lambda: ["real", "384"])
     latency_batches: int = 20  # timed batches per (variant, batch size, length)
@@ -196,21 +196,18 @@ def _latency(predictors: dict, features, pad_id: int, batch_size: int, seq: str,
 
 
 def _onnx_matmul_rate(kind: str, threads: int, n: int = 1024, repeats: int = 10) -> float:
-    """Dense n x n x n matmul rate of ONNX Runtime's CPU kernels: MatMul (fp32) or MatMulInteger (int8,
-    u8 activations with the weight type the int8 variant uses here)."""
+    """Dense n x n x n matmul rate of ONNX Runtime's CPU kernels: MatMul ("fp32") or MatMulInteger with
+    u8 activations and s8 ("u8s8") or u8 ("u8u8") weights, the two int8 variants' kernels."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
-
-    from toolkit.export import cpu_quantization_target
 
     rng = np.random.default_rng(0)
     if kind == "fp32":
         a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
         node, out_type = helper.make_node("MatMul", ["a", "b"], ["y"]), TensorProto.FLOAT
     else:
-        signed = cpu_quantization_target() in ("avx512_vnni", "avx512", "arm64")  # Optimum's weight types
         a = rng.integers(0, 255, (n, n), dtype=np.uint8)
-        b = rng.integers(-127, 127, (n, n), dtype=np.int8) if signed else rng.integers(0, 255, (n, n), dtype=np.uint8)
+        b = rng.integers(-127, 127, (n, n), dtype=np.int8) if kind == "u8s8" else rng.integers(0, 255, (n, n), dtype=np.uint8)
         node, out_type = helper.make_node("MatMulInteger", ["a", "b"], ["y"]), TensorProto.INT32
     graph = helper.make_graph([node], "mm", [helper.make_tensor_value_info("a", helper.np_dtype_to_tensor_dtype(a.dtype), [n, n])],
                               [helper.make_tensor_value_info("y", out_type, [n, n])], [numpy_helper.from_array(b, "b")])
@@ -244,14 +241,18 @@ def machine_peaks(threads: int) -> dict:
         best = min(best, time.perf_counter() - t)
     flags = cpu_flags()
     return {"fp32_torch": matmul_flops_per_second(threads), "fp32_onnxruntime": _onnx_matmul_rate("fp32", threads),
-            "int8_onnxruntime": _onnx_matmul_rate("int8", threads), "bf16_torch": 2 * 1024 ** 3 / best,
+            "int8_u8s8_onnxruntime": _onnx_matmul_rate("u8s8", threads),
+            "int8_u8u8_onnxruntime": _onnx_matmul_rate("u8u8", threads), "bf16_torch": 2 * 1024 ** 3 / best,
             "bf16_native": bool({"avx512_bf16", "amx_bf16"} & flags) or cuda_available(),
             "int8_vnni": bool({"avx512_vnni", "avx_vnni"} & flags)}
 
 
 def peak_for(variant: str, peaks: dict) -> float:
-    """The peak a variant's matmuls can reach: int8 ones the integer rate, the others fp32."""
-    return peaks["int8_onnxruntime"] if "int8" in variant else peaks["fp32_torch"]
+    """The peak a variant's matmuls can reach: the integer kernel's rate for int8 (u8 weights for the
+    -u8 variants, s8 otherwise), fp32 for the others."""
+    if "int8" in variant:
+        return peaks["int8_u8u8_onnxruntime" if variant.endswith("u8") else "int8_u8s8_onnxruntime"]
+    return peaks["fp32_torch"]
 
 
 def run_bench(cfg: BenchConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
@@ -387,7 +388,8 @@ def markdown(results: dict) -> str:
     peaks = results["peaks"]
     lines += ["", "Dense matmul peaks here (GOP/s, multiply-add = 2): "
               f"fp32 {peaks['fp32_torch'] / 1e9:.1f} (torch) / {peaks['fp32_onnxruntime'] / 1e9:.1f} (ONNX Runtime), "
-              f"int8 {peaks['int8_onnxruntime'] / 1e9:.1f} (ONNX Runtime MatMulInteger"
+              f"int8 {peaks['int8_u8s8_onnxruntime'] / 1e9:.1f} U8S8 / {peaks['int8_u8u8_onnxruntime'] / 1e9:.1f} U8U8 "
+              f"(ONNX Runtime MatMulInteger"
               f"{', VNNI' if peaks['int8_vnni'] else ', no VNNI'}), bf16 {peaks['bf16_torch'] / 1e9:.1f} (torch"
               f"{'' if peaks['bf16_native'] else ', not native on this CPU'}). Fraction of the peak that applies "
               "(int8 for int8 variants, fp32 otherwise) reached over the whole eval pass: "

@@ -96,12 +96,11 @@ def train(config_file, resume, lora_targets, **flags):
                                  "qa_config.json per adapter (needs --output-dir).")
 @click.option("--default-adapter", help="With --adapters: the adapter for lines that name none. Default: the first.")
 @click.option("--output-dir", help="Export directory (merged/, onnx/, export_manifest.json). Default: <run>/export.")
-@click.option("--variants", default="fp32,opt,int8,fp16", show_default=True,
-              help="ONNX variants: fp32 (plain), opt (fused by ONNX Runtime's transformer optimizer), int8 (the fused graph, dynamic int8 per channel, CPU), fp16 (CUDA only).")
+@click.option("--variants", default="fp32,opt,int8,int8-u8,fp16", show_default=True,
+              help="ONNX variants: fp32 (plain), opt (fused by ONNX Runtime's transformer optimizer), int8 and int8-u8 "
+                   "(the fused graph, dynamic int8 per channel, weights s8 or u8; CPU), fp16 (CUDA only).")
 @click.option("--optimization-level", type=click.IntRange(0, 2), default=2, show_default=True,
               help="ORTOptimizer level for 'opt' (O3 is not offered: its GELU approximation changes outputs).")
-@click.option("--quantization", type=click.Choice(["auto", "avx512_vnni", "avx512", "avx2", "arm64"]), default="auto",
-              show_default=True, help="int8 instruction set; auto reads this machine's CPU flags.")
 @click.option("--eval-file", help="Parity set (same forms as train). Default: the training run's eval set.")
 @click.option("--eval-samples", type=int, default=2000, show_default=True, help="Parity questions (seeded subset).")
 @click.option("--max-drop", type=float, default=1.0, show_default=True,
@@ -109,7 +108,7 @@ def train(config_file, resume, lora_targets, **flags):
                    "on best spans alone) is marked failed. The CPU default is the fastest variant that passes.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output-dir.")
 @fail_clearly
-def export(merge, adapter, model, adapters, default_adapter, output_dir, variants, optimization_level, quantization,
+def export(merge, adapter, model, adapters, default_adapter, output_dir, variants, optimization_level,
            eval_file, eval_samples, max_drop, overwrite):
     """Export a model to ONNX variants through Optimum and check each against PyTorch."""
     if adapters:
@@ -132,7 +131,7 @@ def export(merge, adapter, model, adapters, default_adapter, output_dir, variant
 
     cfg = ExportConfig(adapter=adapter, model=model, output_dir=output_dir, merge=merge,
                        variants=[v.strip() for v in variants.split(",") if v.strip()],
-                       optimization_level=optimization_level, quantization=quantization, eval_file=eval_file,
+                       optimization_level=optimization_level, eval_file=eval_file,
                        eval_samples=eval_samples, max_drop=max_drop, overwrite=overwrite)
     manifest = run(cfg)
     table = {name: {k: v[k] for k in ("passed", "size_bytes", "max_abs_logit_diff", "answer_agreement",
@@ -228,8 +227,9 @@ def serve_batch(input_path, model, adapters, default_adapter, output, engine, de
 @main.command()
 @click.option("--model", help="Export directory (merged/ + onnx/) or its onnx/ dir; with --train: a base model.")
 @click.option("--eval-file", help="Questions to time and score (same forms as train). With --train: batch source.")
-@click.option("--variants", default="torch,onnx-fp32,onnx-opt,onnx-int8,onnx-fp16", show_default=True,
-              help="Among torch, torch-fp16, onnx-fp32, onnx-opt, onnx-int8, onnx-fp16 (GPU ones skipped without CUDA).")
+@click.option("--variants", default="torch,onnx-fp32,onnx-opt,onnx-int8,onnx-int8-u8,onnx-fp16", show_default=True,
+              help="Among torch, torch-fp16, onnx-fp32, onnx-opt, onnx-int8, onnx-int8-u8, onnx-fp16 (GPU ones skipped "
+                   "without CUDA).")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Latency batch sizes.")
 @click.option("--seq-lens", default="real,384", show_default=True,
               help="'real' pads each batch to its longest window; a number pads every batch to it.")

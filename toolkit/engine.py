@@ -19,7 +19,7 @@ from toolkit.features import Features, build_features
 from toolkit.postprocess import Answer, answer_all
 
 ONNX_FILES = {"fp32": "model.onnx", "opt": "model_optimized.onnx", "int8": "model_quantized.onnx",
-              "fp16": "model_fp16.onnx"}
+              "int8-u8": "model_quantized_u8.onnx", "fp16": "model_fp16.onnx"}
 # Several adapters on one exported base: the base graph takes every LoRA A/B matrix and the QA head as
 # inputs (empty/zero defaults), each adapter is an ONNX Runtime .onnx_adapter file with its own qa_config.json.
 LORA_GRAPH = "model_lora.onnx"
@@ -341,8 +341,8 @@ def load_engine(model_dir: str | Path, engine: str = "auto", device: str = "auto
         variant = variant or qa.default_variant.get(device) or "fp32"
         if variant not in ONNX_FILES:
             raise EngineError(f"unknown variant '{variant}'; choose from {list(ONNX_FILES)}")
-        if variant == "int8" and device == "cuda":
-            raise EngineError("the int8 variant runs on the CPU provider only; use fp16 or fp32 on CUDA")
+        if variant.startswith("int8") and device == "cuda":
+            raise EngineError(f"the {variant} variant runs on the CPU provider only; use fp16 or fp32 on CUDA")
         predictor = OrtPredictor(model_dir / ONNX_FILES[variant], device, threads, variant)
         return QAEngine(predictor, load_tokenizer(str(model_dir)), qa, settings, source)
     if engine != "torch":

@@ -23,7 +23,6 @@ from toolkit.config import QAConfig
 from toolkit.engine import ONNX_FILES, BatchSettings, OrtPredictor, QAEngine, TorchPredictor, cuda_available
 from toolkit.metrics import squad_scores
 
-QUANTIZATION_TARGETS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
 
 
 class ExportError(RuntimeError):
@@ -36,9 +35,8 @@ class ExportConfig:
     model: str | None = None  # without merge: a merged/full model directory or hub name
     output_dir: str | None = None  # default: <run>/export beside the adapter
     merge: bool = True
-    variants: list[str] = field(default_factory=lambda: ["fp32", "opt", "int8", "fp16"])
+    variants: list[str] = field(default_factory=lambda: ["fp32", "opt", "int8", "int8-u8", "fp16"])
     optimization_level: int = 2  # O2 fuses attention/LayerNorm/GELU exactly; O3 approximates GELU
-    quantization: str = "auto"  # int8 instruction set, "auto" = this machine's best
     eval_file: str | None = None  # parity set; default: the eval set of the training run
     eval_samples: int | None = 2000
     max_drop: float = 1.0  # points of EM or F1 (with the threshold, or best span alone) a variant may lose vs PyTorch
@@ -46,19 +44,6 @@ class ExportConfig:
     overwrite: bool = False
     seed: int = 42
     cache_dir: str | None = None
-
-
-def cpu_quantization_target() -> str:
-    import platform
-
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        return "arm64"
-    flags = modeling.cpu_flags()
-    if "avx512_vnni" in flags:
-        return "avx512_vnni"
-    if "avx512f" in flags:
-        return "avx512"
-    return "avx2"
 
 
 def check_source(cfg: ExportConfig) -> None:
@@ -135,19 +120,16 @@ def parity(reference: dict, engine: QAEngine, examples, features) -> dict:
     }
 
 
-def quantize_int8(source: Path, target: Path, instruction_set: str) -> None:
+def quantize_int8(source: Path, target: Path, signed_weights: bool) -> None:
     """ONNX Runtime's dynamic int8 quantisation of a fused graph (Attention -> QAttention, MatMul ->
-    MatMulInteger, embeddings included), weights per channel, with the weight and activation types Optimum
-    chooses for the instruction set (U8U8 on AVX2, where U8S8 can saturate VPMADDUBSW)."""
+    DynamicQuantizeMatMul, embeddings included), symmetric weights per channel, u8 activations; weights s8
+    (U8S8: the VNNI kernels) or u8 (U8U8: immune to the saturation of AVX2's VPMADDUBSW)."""
     import onnx
-    from onnxruntime.quantization import quantize_dynamic
-    from optimum.onnxruntime import AutoQuantizationConfig
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    q = getattr(AutoQuantizationConfig, instruction_set)(is_static=False, per_channel=True)
-    quantize_dynamic(source, target, per_channel=True, reduce_range=q.reduce_range, weight_type=q.weights_dtype,
+    quantize_dynamic(source, target, per_channel=True, weight_type=QuantType.QInt8 if signed_weights else QuantType.QUInt8,
                      op_types_to_quantize=["MatMul", "Attention", "Gather", "EmbedLayerNormalization"],
-                     extra_options={"WeightSymmetric": q.weights_symmetric,
-                                    "ActivationSymmetric": q.activations_symmetric,
+                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
                                     # the fused contrib ops defeat ONNX shape inference: their outputs are float
                                     "DefaultTensorType": onnx.TensorProto.FLOAT})
 
@@ -160,16 +142,16 @@ def _build_variants(cfg: ExportConfig, onnx_dir: Path, log) -> dict[str, str]:
     from optimum.onnxruntime import ORTOptimizer, OptimizationConfig
 
     skipped = {}
-    if "opt" in cfg.variants or "int8" in cfg.variants:
+    int8 = [v for v in ("int8", "int8-u8") if v in cfg.variants]
+    if "opt" in cfg.variants or int8:
         log(f"fusing (ONNX Runtime transformer optimizer, level O{cfg.optimization_level})")
         ORTOptimizer.from_pretrained(onnx_dir).optimize(
             OptimizationConfig(optimization_level=cfg.optimization_level, optimize_for_gpu=False), save_dir=onnx_dir)
-    if "int8" in cfg.variants:
-        target = cpu_quantization_target() if cfg.quantization == "auto" else cfg.quantization
-        log(f"quantising the fused graph: dynamic int8, per channel, for {target}")
-        quantize_int8(onnx_dir / ONNX_FILES["opt"], onnx_dir / ONNX_FILES["int8"], target)
-        if "opt" not in cfg.variants:
-            (onnx_dir / ONNX_FILES["opt"]).unlink()
+    for name in int8:
+        log(f"quantising the fused graph: dynamic int8, per channel, {'U8S8' if name == 'int8' else 'U8U8'}")
+        quantize_int8(onnx_dir / ONNX_FILES["opt"], onnx_dir / ONNX_FILES[name], signed_weights=name == "int8")
+    if int8 and "opt" not in cfg.variants:
+        (onnx_dir / ONNX_FILES["opt"]).unlink()
     if "fp16" in cfg.variants:
         if cuda_available():
             log("converting to fp16 for CUDA")
@@ -223,8 +205,6 @@ def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     unknown = set(cfg.variants) - set(ONNX_FILES)
     if unknown or "fp32" not in cfg.variants:
         raise ExportError(f"variants must include fp32 and come from {list(ONNX_FILES)}; got {cfg.variants}")
-    if cfg.quantization not in QUANTIZATION_TARGETS:
-        raise ExportError(f"--quantization must be one of {QUANTIZATION_TARGETS}")
     check_source(cfg)
     out = Path(cfg.output_dir or Path(cfg.adapter or cfg.model).parent / "export")
     if out.exists() and not cfg.overwrite:
@@ -293,7 +273,7 @@ def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
         manifest["variants"] = variants
         if not variants["fp32"]["passed"]:
             raise ExportError(f"the plain fp32 ONNX model does not match PyTorch: {variants['fp32']}")
-        qa.default_variant = {"cpu": fastest(variants, ("fp32", "opt", "int8")),
+        qa.default_variant = {"cpu": fastest(variants, ("fp32", "opt", "int8", "int8-u8")),
                               "cuda": next(v for v in ("fp16", "opt", "fp32") if variants.get(v, {}).get("passed"))}
         qa.save(onnx_dir)
         manifest["default_variant"] = qa.default_variant
