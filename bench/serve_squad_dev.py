@@ -23,7 +23,7 @@ from toolkit.peers import PEERS, calibration_windows, run_peer
 from toolkit.serve import serve_batch
 from toolkit.train import package_versions
 
-RUNS = [("onnx", "fp32"), ("onnx", "opt"), ("onnx", "int8"), ("torch", None)]
+RUNS = [("onnx", "fp32"), ("onnx", "opt"), ("onnx", "int8"), ("onnx", "int8-u8"), ("torch", None)]
 STAGES = ("read", "checks", "tokenise", "infer", "postprocess", "format", "write", "other")
 
 

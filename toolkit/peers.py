@@ -42,6 +42,11 @@ def _openvino(torch_dir: Path, threads: int, calibration: list[dict[str, np.ndar
     return model
 
 
+def _precision(model) -> str:
+    """The precision OpenVINO runs the non-quantised operations at (bf16 by default where it is native)."""
+    return f"{model.request.get_property('INFERENCE_PRECISION_HINT').get_type_name()} inference precision"
+
+
 def load_peer(kind: str, onnx_dir: Path, torch_dir: Path, threads: int,
               calibration: list[dict[str, np.ndarray]]):
     """The model object the pipeline runs over, and a note saying what it is."""
@@ -62,11 +67,10 @@ def load_peer(kind: str, onnx_dir: Path, torch_dir: Path, threads: int,
         return model, "ORTModelForQuestionAnswering (model.onnx), CPUExecutionProvider"
     if kind == "pipeline-ov-fp32":
         model = _openvino(torch_dir, threads, None)
-        return model, f"OVModelForQuestionAnswering, precision {model.request.get_property('INFERENCE_PRECISION_HINT')}"
+        return model, f"OVModelForQuestionAnswering, {_precision(model)}"
     if kind == "pipeline-ov-int8":
         model = _openvino(torch_dir, threads, calibration)
-        return model, (f"OVModelForQuestionAnswering, NNCF int8 ({len(calibration)} training windows), precision "
-                       f"{model.request.get_property('INFERENCE_PRECISION_HINT')}")
+        return model, f"OVModelForQuestionAnswering, NNCF int8 ({len(calibration)} training windows), {_precision(model)}"
     raise PeerUnavailable(f"unknown peer '{kind}'; choose from {list(PEERS)}")
 
 
