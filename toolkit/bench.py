@@ -231,18 +231,11 @@ def machine_peaks(threads: int) -> dict:
 
     from toolkit.modeling import cpu_flags
 
-    torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 1024, dtype=torch.bfloat16), torch.randn(1024, 1024, dtype=torch.bfloat16)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(10):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
     flags = cpu_flags()
     return {"fp32_torch": matmul_flops_per_second(threads), "fp32_onnxruntime": _onnx_matmul_rate("fp32", threads),
             "int8_u8s8_onnxruntime": _onnx_matmul_rate("u8s8", threads),
-            "int8_u8u8_onnxruntime": _onnx_matmul_rate("u8u8", threads), "bf16_torch": 2 * 1024 ** 3 / best,
+            "int8_u8u8_onnxruntime": _onnx_matmul_rate("u8u8", threads),
+            "bf16_torch": matmul_flops_per_second(threads, dtype=torch.bfloat16),
             "bf16_native": bool({"avx512_bf16", "amx_bf16"} & flags) or cuda_available(),
             "int8_vnni": bool({"avx512_vnni", "avx_vnni"} & flags)}
 

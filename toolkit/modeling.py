@@ -74,10 +74,10 @@ def encoder_flops(config, seq_len: int) -> float:
     return layers * per_layer + 2 * seq_len * h * 2
 
 
-def matmul_flops_per_second(threads: int, n: int = 1024, repeats: int = 10) -> float:
-    """This machine's dense fp32 matmul rate through torch (best of several runs)."""
+def matmul_flops_per_second(threads: int, n: int = 1024, repeats: int = 10, dtype=torch.float32) -> float:
+    """This machine's dense matmul rate through torch at dtype, fp32 by default (best of several runs)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
