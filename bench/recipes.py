@@ -50,7 +50,8 @@ def second_path(run: Path, work: Path) -> dict:
     model_dir = run / ("model" if manifest["config"]["full_finetune"] else "adapter")
     serve_batch(load_engine(model_dir, "torch", "cpu"), str(questions), str(answers), progress=False)
     refs = data.references(examples)
-    return {"tuned": score_answer_file(str(answers), refs), "best_span": score_answer_file(str(answers), refs, True)}
+    return {"tuned": score_answer_file(str(answers), refs), "best_span": score_answer_file(str(answers), refs, True),
+            "references": refs}
 
 
 def summarise(runs: Path, name: str, results_dir: Path) -> None:

@@ -76,4 +76,10 @@ def test_score_answer_file_hand_worked(tmp_path):
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     scores = score_answer_file(str(out), {"a": ["Denver Broncos"], "b": [], "c": ["x"], "d": ["y"]})
     assert scores["exact"] == 50.0 and scores["error_lines"] == 1 and scores["unknown_ids"] == 1
-    assert scores["missing_ids"] == 1
+    assert scores["missing_ids"] == 1 and "no_answer_auc" not in scores  # no line has a null_score_diff
+    rows = [{"id": "a", "answer": "Denver Broncos", "null_score_diff": -2.0},
+            {"id": "b", "answer": None, "null_score_diff": 1.5}, {"id": "c", "answer": None, "null_score_diff": None},
+            {"id": "d", "answer": "y", "null_score_diff": 3.0}]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # b (unanswerable, 1.5) is above a (-2.0), below d (3.0); c has no span at all (+inf)
+    assert score_answer_file(str(out), {"a": ["Avon"], "b": [], "c": ["x"], "d": ["y"]})["no_answer_auc"] == 100 / 3

@@ -167,6 +167,35 @@ def test_synthetic_negatives_ratio_kinds_and_no_answer_left(tmp_path):
         [f"{path}?negatives=0.33"], tmp_path, 0, None, "train")[0]]  # seeded
     for bad, message in (("negatives=1.5", "in \\[0, 1\\)"), ("negatives=x", "must be a number"),
                          ("negative-kind=other", "negative-kind needs"),
-                         ("negatives=0.2&negative-kind=other", "must be one of")):
+                         ("negatives=0.2&negative-kind=other", "comma list of"),
+                         ("negatives=0.2&negative-kind=swap,mix", "comma list of")):
         with pytest.raises(data.DataError, match=message):
             data.load_examples([f"{path}?{bad}"], tmp_path, 0, None, "train")
+
+
+def test_swap_negatives_keep_the_paragraph_and_swap_a_name_or_number_from_another_article(tmp_path):
+    question = "Which Norman king of New York won in 1066?"
+    assert [question[s:e] + ":" + k for s, e, k in data.question_terms(question)] == [
+        "Norman:name1", "New York:name2", "1066:number4"]  # the first word is the sentence's capital
+    articles = [_article("A", [("Paris lies on the Seine. Its mayor in 2020 was Anne.",
+                                [("Who was the mayor of Paris in 2020?", "Anne")])]),
+                _article("B", [("Rome lies on the Tiber. Its mayor in 1999 was Marco.",
+                                [("Who was the mayor of Rome in 1999?", "Marco")])]),
+                _article("C", [("The old mill was founded by Olga.", [("who founded the old mill?", "Olga")]),
+                               ("The bridge is made of stone.", [("what is the bridge made of?", "stone")])])]
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"data": articles}))
+    exs, [report] = data.load_examples([f"{path}?negatives=0.5&negative-kind=swap"], tmp_path, 0, None, "train")
+    originals = {e.id: e for e in exs if not e.is_impossible}
+    negatives = {e.id.removesuffix("-neg"): e for e in exs if e.is_impossible}
+    assert len(negatives) == 4 and report.synthetic_negatives == {"swap": 2, "paragraph": 2, "sentence": 0}
+    for qid in ("A-0-0", "B-0-0"):
+        source, neg = originals[qid], negatives[qid]
+        assert neg.context == source.context and neg.question != source.question
+        swapped = set(neg.question.strip("?").split()) - set(source.question.strip("?").split())
+        assert len(swapped) == 1  # one name or number, from the other article, not in this paragraph
+        term = swapped.pop()
+        assert term in ("Rome", "1999", "Paris", "2020") and term not in source.context
+    for qid in ("C-0-0", "C-1-0"):  # nothing to swap: another paragraph instead
+        assert negatives[qid].question == originals[qid].question
+        assert negatives[qid].context != originals[qid].context

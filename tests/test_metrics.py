@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from toolkit.metrics import (best_null_threshold, best_over_references, f1_score, normalize_answer,
+from toolkit.metrics import (best_null_threshold, best_over_references, f1_score, no_answer_auc, normalize_answer,
                              position_metrics, squad_scores)
 
 
@@ -65,3 +65,12 @@ def test_position_metrics():
     end = np.array([[0.0, 0.0, 5.0], [0.0, 1.0, 0.0]])
     m = position_metrics(start, end, np.array([1, 0]), np.array([2, 0]))
     assert m == {"start_acc": 1.0, "end_acc": 0.5, "position_exact": 0.5}
+
+
+def test_no_answer_auc():
+    refs = {"a1": ["x"], "a2": ["y"], "u1": [""], "u2": []}
+    assert no_answer_auc({"a1": -3.0, "a2": -1.0, "u1": 0.5, "u2": 2.0}, refs) == 100.0  # a threshold splits them
+    assert no_answer_auc({"a1": 3.0, "a2": 1.0, "u1": 0.5, "u2": -2.0}, refs) == 0.0
+    assert no_answer_auc({"a1": -3.0, "a2": 1.0, "u1": 0.5, "u2": 1.0}, refs) == 62.5  # 2.5 of 4 pairs (a tie = 1/2)
+    with pytest.raises(ValueError, match="answerable and unanswerable"):
+        no_answer_auc({"a1": 0.0}, {"a1": ["x"]})

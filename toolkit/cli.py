@@ -40,7 +40,8 @@ def main():
 @click.option("--train-file", "train_files", multiple=True,
               help="Training source, repeatable: SQuAD .json (v1.1/v2.0), flat .jsonl, hub dataset name, or "
                    "squad-v1.1-train (offline mirror). Selectors: ?articles=A,B&exclude-articles=C&samples=N&split=S"
-                   "&negatives=R&negative-kind=paragraph|sentence|mix. Default: squad-v1.1-train?negatives=0.33.")
+                   "&negatives=R&negative-kind=paragraph|sentence|swap|mix (or a comma list). Default: "
+                   "squad-v1.1-train?negatives=0.33.")
 @click.option("--eval-file", help="Evaluation source (same forms). Default: squad-v1.1-dev?samples=1000.")
 @click.option("--train-samples", type=int, help="Seeded random subset of the mixed training questions. Default 5000.")
 @click.option("--eval-samples", type=int, help="Seeded random subset of the eval questions. Default: all.")

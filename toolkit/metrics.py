@@ -120,6 +120,22 @@ def best_null_threshold(
     return ThresholdResult(best.threshold, 100.0 * best.exact / n, 100.0 * best.f1 / n)
 
 
+def no_answer_auc(null_score_diffs: dict[str, float], references: dict[str, list[str]]) -> float:
+    """How well (null score - best span score) separates unanswerable from answerable questions: the
+    probability that a random unanswerable question has a larger diff than a random answerable one
+    (ROC AUC, ties count half; 50 = no separation, 100 = a threshold that splits them exactly), in percent."""
+    unanswerable = np.array([null_score_diffs[q] for q, refs in references.items()
+                             if not any(normalize_answer(r) for r in refs)])
+    answerable = np.array([null_score_diffs[q] for q, refs in references.items()
+                           if any(normalize_answer(r) for r in refs)])
+    if not len(unanswerable) or not len(answerable):
+        raise ValueError("the AUC needs answerable and unanswerable questions")
+    answerable.sort()
+    below = np.searchsorted(answerable, unanswerable, side="left")  # answerable diffs smaller than each
+    ties = np.searchsorted(answerable, unanswerable, side="right") - below
+    return 100.0 * float((below + ties / 2).sum()) / (len(unanswerable) * len(answerable))
+
+
 def position_metrics(
     start_logits: np.ndarray, end_logits: np.ndarray, start_labels: np.ndarray, end_labels: np.ndarray
 ) -> dict:
@@ -140,9 +156,11 @@ def score_answer_file(path: str, references: dict[str, list[str]], best_span: bo
 
     Lines with an error or a null answer count as "no answer"; ids not in the references are
     reported, not scored. ``best_span`` scores each line's best span whatever the no-answer
-    threshold said (the SQuAD v1.1 convention: every question has an answer).
+    threshold said (the SQuAD v1.1 convention: every question has an answer). Where the scored lines hold
+    answerable and unanswerable questions, ``no_answer_auc`` says how well their null_score_diff separates
+    the two, whatever the threshold.
     """
-    predictions, errors, unknown = {}, 0, 0
+    predictions, diffs, errors, unknown = {}, {}, 0, 0
     with open(path, encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
@@ -151,9 +169,14 @@ def score_answer_file(path: str, references: dict[str, list[str]], best_span: bo
                 continue
             errors += "error" in row
             predictions[row["id"]] = row.get("best_span" if best_span else "answer") or ""
+            if "null_score_diff" in row:  # None: no span was possible
+                diffs[row["id"]] = float("inf") if row["null_score_diff"] is None else row["null_score_diff"]
     scores = squad_scores(predictions, references)
     scores.update(lines_scored=len(predictions), error_lines=errors, unknown_ids=unknown,
                   missing_ids=len(set(references) - set(predictions)))
+    kinds = {any(normalize_answer(r) for r in references[q]) for q in diffs}
+    if kinds == {True, False}:
+        scores["no_answer_auc"] = no_answer_auc(diffs, {q: references[q] for q in diffs})
     return scores
 
 
