@@ -12,17 +12,14 @@ best spans, and the no-answer AUC (how well the null score separates the two kin
 the threshold). Writes bench/results/<name>/results.json and results.md.
 """
 
-import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from recipes import EVAL, RECIPES, second_path
+from recipes import EVAL, RECIPES, run, second_path, write_results
 
 from toolkit.metrics import no_answer_auc, squad_scores
-from toolkit.train import package_versions
 
 V11 = "squad-v1.1-train"
 LORA = RECIPES["LoRA r32/a64 all linear, lr 1e-3"]
@@ -73,11 +70,6 @@ def summarise(runs: Path, name: str, results_dir: Path) -> None:
     work = runs / "serve"
     work.mkdir(exist_ok=True)
     rows = [row(label, runs / directory, work) for label, (directory, _) in ROWS.items()]
-    results = {"name": name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "eval_file": EVAL,
-               "versions": package_versions(), "rows": rows}
-    out = results_dir / name
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["| negatives | val loss | no-answer AUC | thr 0: EM / F1 | thr 0: HasAns F1 / NoAns | tuned thr | "
              "tuned: EM / F1 | tuned: HasAns F1 / NoAns | best span: HasAns EM / F1 |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -87,23 +79,11 @@ def summarise(runs: Path, name: str, results_dir: Path) -> None:
                      f"{z['exact']:.2f} / {z['f1']:.2f} | {z['HasAns_f1']:.1f} / {z['NoAns_exact']:.1f} | "
                      f"{r['threshold']:.2f} | {t['exact']:.2f} / {t['f1']:.2f} | "
                      f"{t['HasAns_f1']:.1f} / {t['NoAns_exact']:.1f} | {b['HasAns_exact']:.1f} / {b['HasAns_f1']:.1f} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(results_dir / name, rows, lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", action="store_true", help="train the rows whose run is missing first")
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--runs-dir", default="models/compare")
-    parser.add_argument("--name", default="negatives")
-    parser.add_argument("--results-dir", default="bench/results")
-    args = parser.parse_args()
-    runs = Path(args.runs_dir)
-    runs.mkdir(parents=True, exist_ok=True)
-    if args.train:
-        train(runs, args.steps)
-    summarise(runs, args.name, Path(args.results_dir))
+    run(__doc__, "negatives", "train the rows whose run is missing first", train, summarise)
 
 
 if __name__ == "__main__":

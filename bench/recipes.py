@@ -71,11 +71,6 @@ def summarise(runs: Path, name: str, results_dir: Path) -> None:
                      "table": m["table"], "threshold": m["null_threshold"]["value"],
                      "train_threshold_0": m["final_metrics"]["threshold_0"], "train_tuned": m["final_metrics"]["tuned"],
                      "served_tuned": served["tuned"], "served_best_span": served["best_span"]})
-    results = {"name": name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "eval_file": EVAL,
-               "versions": package_versions(), "rows": rows}
-    out = results_dir / name
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["| recipe | steps | trainable | artifact MB | s/step | peak RSS MB | val loss | start acc | end acc | "
              "pos. EM | HasAns F1 (thr 0) | EM / F1 tuned (train) | EM / F1 tuned (served) | best-span HasAns EM / F1 (served) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -86,23 +81,37 @@ def summarise(runs: Path, name: str, results_dir: Path) -> None:
             f"{r['peak_rss_mb']:.0f} | {last['val_loss']:.3f} | {100 * last['start_acc']:.1f} | {100 * last['end_acc']:.1f} | "
             f"{100 * last['position_exact']:.1f} | {last['HasAns_f1']:.1f} | {t['exact']:.2f} / {t['f1']:.2f} | "
             f"{s['exact']:.2f} / {s['f1']:.2f} | {b['HasAns_exact']:.1f} / {b['HasAns_f1']:.1f} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(results_dir / name, rows, lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", action="store_true", help="train the three recipes first")
+def write_results(out: Path, rows: list[dict], table: list[str]) -> None:
+    """results.json (the rows, the eval set, date, versions) and results.md (the table) in out; prints the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"name": out.name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "eval_file": EVAL,
+               "versions": package_versions(), "rows": rows}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+
+
+def run(doc: str, name: str, train_help: str, train_runs, summarise_runs) -> None:
+    """The command line shared by the benches that train runs on one budget, then score them."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--train", action="store_true", help=train_help)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--runs-dir", default="models/compare")
-    parser.add_argument("--name", default="recipes")
+    parser.add_argument("--name", default=name)
     parser.add_argument("--results-dir", default="bench/results")
     args = parser.parse_args()
     runs = Path(args.runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
     if args.train:
-        train(runs, args.steps)
-    summarise(runs, args.name, Path(args.results_dir))
+        train_runs(runs, args.steps)
+    summarise_runs(runs, args.name, Path(args.results_dir))
+
+
+def main() -> None:
+    run(__doc__, "recipes", "train the three recipes first", train, summarise)
 
 
 if __name__ == "__main__":
