@@ -57,4 +57,4 @@ reference: install
 bench-reference: install
 	$(BIN)/qa-toolkit bench --model $(REFERENCE)/export \
 	  --eval-file "$(SLICE)?exclude-articles=$(TUNE_ARTICLES)" --name minilm-squad-lora-cpu
-	$(BIN)/qa-toolkit bench --train --name train-lora-vs-full
+	$(BIN)/qa-toolkit bench --train --name train-speed-cpu

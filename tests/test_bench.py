@@ -4,6 +4,7 @@ from click.testing import CliRunner
 
 from toolkit.cli import main
 from toolkit.metrics import score_answer_file
+from toolkit.modeling import cpu_flags
 
 
 def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, squad_file, tmp_path):
@@ -39,16 +40,27 @@ def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, squad_fil
     assert (out / "latency.png").stat().st_size > 0
 
 
-def test_bench_train_lora_vs_full(tiny_bert, eval_file, tmp_path):
+def test_bench_train_modes_and_eval_pass(tiny_bert, eval_file, tmp_path):
+    modes = "lora,full,seed-lora,lora-fused,lora-bf16"  # one process each; lora-compile: a minute of compiling
     result = CliRunner().invoke(main, ["bench", "--train", "--model", str(tiny_bert), "--eval-file", str(eval_file),
-                                       "--steps", "2", "--batch-size", "4", "--results-dir", str(tmp_path),
-                                       "--name", "tr"], catch_exceptions=False)
+                                       "--train-modes", modes, "--steps", "2", "--batch-size", "4",
+                                       "--results-dir", str(tmp_path), "--name", "tr"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "tr" / "results.json").read_text())
-    lora, full = results["modes"]["lora"], results["modes"]["full"]
-    assert lora["trainable"] < full["trainable"] == full["total"]
-    assert lora["seconds_per_step"] > 0 and full["seconds_per_step"] > 0
-    assert lora["batch_shape"] == full["batch_shape"]
+    ran = {name: r for name, r in results["modes"].items() if "skipped" not in r}
+    assert set(results["modes"]) == set(modes.split(","))
+    assert ("lora-bf16" in ran) == bool({"avx512_bf16", "amx_bf16"} & cpu_flags())  # emulated bf16 is not timed
+    lora, full, seed = ran["lora"], ran["full"], ran["seed-lora"]
+    assert seed["trainable"] < lora["trainable"] < full["trainable"] == full["total"]
+    assert ran["lora-fused"]["mode"]["adamw"] == "fused" and ran["lora-fused"]["trainable"] == lora["trainable"]
+    assert all(r["seconds_per_step"] > 0 and r["batch_shape"] == lora["batch_shape"] for r in ran.values())
+    assert results["x_lora"]["lora"] == 1.0
+    assert set(results["eval"]["windows_per_second"]) == {"8", "32", "64"}
+    assert all(rate > 0 for rate in results["eval"]["windows_per_second"].values())
+    assert "| lora-fused |" in (tmp_path / "tr" / "results.md").read_text()
+    bad = CliRunner().invoke(main, ["bench", "--train", "--model", str(tiny_bert), "--eval-file", str(eval_file),
+                                    "--train-modes", "lora,warp", "--results-dir", str(tmp_path)])
+    assert bad.exit_code != 0 and "warp" in bad.output
 
 
 def test_bench_refuses_a_dir_without_export(trained_bert, eval_file):

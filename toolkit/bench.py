@@ -24,7 +24,7 @@ from toolkit.engine import (ONNX_FILES, BatchSettings, OrtPredictor, QAEngine, T
 from toolkit.metrics import squad_scores
 from toolkit.peers import PEERS, calibration_windows, run_peer
 from toolkit.postprocess import answer_all
-from toolkit.train import first_answer, package_versions, peak_rss_mb
+from toolkit.train import package_versions, peak_rss_mb
 
 VARIANTS = ("torch", "torch-fp16", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int8-u8", "onnx-fp16")
 GPU_ONLY = {"torch-fp16", "onnx-fp16"}
@@ -87,7 +87,7 @@ def file_size(variant: str, onnx_dir: Path, torch_dir: Path) -> int:
     return (onnx_dir / ONNX_FILES[variant.removeprefix("onnx-")]).stat().st_size
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values), q))
 
 
@@ -188,7 +188,7 @@ def _latency(predictors: dict, features, pad_id: int, batch_size: int, seq: str,
     out = {}
     for n in names:
         total = sum(times[n])
-        out[n] = {"p50_ms": 1000 * _percentile(times[n], 50), "p95_ms": 1000 * _percentile(times[n], 95),
+        out[n] = {"p50_ms": 1000 * percentile(times[n], 50), "p95_ms": 1000 * percentile(times[n], 95),
                   "mean_ms": 1000 * statistics.fmean(times[n]),
                   "windows_per_second": batch_size * len(times[n]) / total,
                   "achieved_flops": sum(flops) / total}
@@ -426,89 +426,3 @@ def plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-@dataclass
-class TrainBenchConfig:
-    model: str
-    eval_file: str  # source of the fixed batch
-    name: str = "train-latest"
-    results_dir: str = "bench/results"
-    batch_size: int = 8
-    steps: int = 10
-    warmup_steps: int = 2
-    max_length: int = 384
-    threads: int | None = None
-    seed: int = 42
-    cache_dir: str | None = None
-
-
-def _train_probe(args: tuple) -> dict:
-    """Run in a fresh process: optimiser steps of LoRA or full fine-tuning on one fixed batch."""
-    mode, cfg = args
-    import torch
-
-    from toolkit import modeling
-    from toolkit.features import FeatureConfig, build_features
-
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    tokenizer = modeling.load_tokenizer(cfg.model)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else data_mod.default_cache_dir()
-    examples, _ = data_mod.load_examples([cfg.eval_file], cache, cfg.seed, cfg.batch_size, "validation")
-    answers = [first_answer(e) for e in examples]
-    features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples],
-                              FeatureConfig(max_length=cfg.max_length), answers)
-    rows = list(range(min(cfg.batch_size, len(features))))
-    batch = {k: torch.from_numpy(v) for k, v in pad_batch(features, rows, tokenizer.pad_token_id).items()}
-    batch["start_positions"] = torch.tensor([features.start_positions[i] for i in rows])
-    batch["end_positions"] = torch.tensor([features.end_positions[i] for i in rows])
-    baseline = peak_rss_mb()
-    model = modeling.load_base(cfg.model, cfg.seed)
-    if mode == "lora":
-        model = modeling.add_lora(model, 16, 32, 0.1, None)
-    model.train()
-    params = modeling.count_parameters(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    times = []
-    for step in range(cfg.warmup_steps + cfg.steps):
-        t = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step >= cfg.warmup_steps:
-            times.append(time.perf_counter() - t)
-    peak = peak_rss_mb()
-    return {"seconds_per_step": statistics.fmean(times), "p50_seconds": _percentile(times, 50),
-            "peak_rss_mb": peak, "above_baseline_mb": peak - baseline,
-            "trainable": params.trainable, "total": params.total, "percent": params.percent,
-            "batch_shape": list(batch["input_ids"].shape)}
-
-
-def run_train_bench(cfg: TrainBenchConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
-    """s/step and peak memory of LoRA vs full fine-tuning on the same batch, each in a fresh process."""
-    cfg.threads = cfg.threads or default_threads()
-    modes = {}
-    for mode in ("lora", "full"):
-        log(f"{mode}: {cfg.warmup_steps} warm-up + {cfg.steps} timed steps, batch {cfg.batch_size}")
-        modes[mode] = in_fresh_process(_train_probe, (mode, cfg))
-    results = {"name": cfg.name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "config": asdict(cfg),
-               "machine": machine_info(cfg.threads), "versions": package_versions(), "modes": modes,
-               "full_vs_lora_time": modes["full"]["seconds_per_step"] / modes["lora"]["seconds_per_step"],
-               "full_vs_lora_memory": modes["full"]["above_baseline_mb"] / modes["lora"]["above_baseline_mb"]}
-    out = Path(cfg.results_dir) / cfg.name
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [f"# Training step: LoRA vs full fine-tuning (`{cfg.model}`)", "",
-             f"Same batch {modes['lora']['batch_shape']} (batch x tokens), AdamW, {cfg.steps} timed steps after "
-             f"{cfg.warmup_steps} warm-up, {cfg.threads} threads, each mode in a fresh process.", "",
-             "| mode | trainable params | % | s/step | peak RSS above baseline MB |", "|---|---|---|---|---|"]
-    for mode, r in modes.items():
-        lines.append(f"| {mode} | {r['trainable']:,} | {r['percent']:.2f} | {r['seconds_per_step']:.3f} | "
-                     f"{r['above_baseline_mb']:.0f} |")
-    lines += ["", f"Full fine-tuning takes {results['full_vs_lora_time']:.2f}x the time per step and "
-              f"{results['full_vs_lora_memory']:.2f}x the memory of LoRA."]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    log(f"results in {out}")
-    return results

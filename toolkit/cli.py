@@ -245,21 +245,27 @@ def serve_batch(input_path, model, adapters, default_adapter, output, engine, de
 @click.option("--name", default="latest", show_default=True, help="Results go to bench/results/NAME/.")
 @click.option("--results-dir", default="bench/results", show_default=True)
 @click.option("--train", "train_mode", is_flag=True,
-              help="Instead: s/step and peak memory of LoRA vs full fine-tuning on the same batch.")
+              help="Instead: s/step and peak memory of training modes (LoRA vs full fine-tuning, AdamW implementation, "
+                   "torch.compile, bf16) on the same batch, and the eval pass per eval batch size.")
+@click.option("--train-modes", help="With --train: comma-separated modes (default: all of "
+                                    "lora,full,seed-lora,lora-foreach,lora-fused,full-fused,lora-compile,lora-bf16).")
 @click.option("--steps", type=int, default=10, show_default=True, help="With --train: timed steps per mode.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="With --train: the batch size.")
 @fail_clearly
 def bench(model, eval_file, variants, batch_sizes, seq_lens, eval_samples, latency_batches, threads, peers, calibration_file, name,
-          results_dir, train_mode, steps, batch_size):
+          results_dir, train_mode, train_modes, steps, batch_size):
     """Benchmark PyTorch against ONNX Runtime: latency, throughput, memory, size and EM/F1, side by side."""
-    from toolkit.bench import BenchConfig, TrainBenchConfig, run_bench, run_train_bench
+    from toolkit.bench import BenchConfig, run_bench
 
     if train_mode:
+        from toolkit.bench_train import TRAIN_MODES, TrainBenchConfig, run_train_bench
+
         cfg = TrainBenchConfig(model=model or DEFAULT_MODEL, eval_file=eval_file or "squad-v1.1-train",
                                name=name if name != "latest" else "train-latest", results_dir=results_dir,
+                               modes=tuple(train_modes.split(",")) if train_modes else tuple(TRAIN_MODES),
                                batch_size=batch_size, steps=steps, threads=threads)
         results = run_train_bench(cfg)
-        click.echo(json.dumps({k: results[k] for k in ("modes", "full_vs_lora_time", "full_vs_lora_memory")}, indent=2))
+        click.echo(json.dumps({k: results[k] for k in ("modes", "eval", "x_lora") if k in results}, indent=2))
         return
     if not model or not eval_file:
         raise click.UsageError("bench needs --model (an export directory) and --eval-file")
