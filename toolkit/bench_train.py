@@ -134,7 +134,7 @@ def _eval_probe(cfg: TrainBenchConfig) -> dict:
     rates = {}
     with torch.inference_mode():
         for size in cfg.eval_batch_sizes:
-            groups = batches(lengths, size, size * cfg.max_length)  # by length, as the eval loader groups them
+            groups = batches(lengths, size, size * cfg.max_length)  # sorted by length, as EvalSet orders training's evals
             model(**{k: torch.from_numpy(v) for k, v in pad_batch(features, groups[0], tokenizer.pad_token_id).items()})
             t = time.perf_counter()
             for rows in groups:
