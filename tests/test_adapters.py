@@ -158,3 +158,45 @@ def test_adapter_mistakes_are_named(adapters, exported_bert, tiny_distilbert, tm
     qa.save(other)
     result = run("serve-batch", str(src), "--adapters", f"news={adapters['news']},other={other}")
     assert result.exit_code == 1 and "different base models" in result.output
+
+
+def test_an_adapter_on_a_headless_base_loads_its_own_head_without_the_untrained_warning(
+        trained_bert, tiny_bert, tmp_path):
+    """A base checkpoint without a QA head (as hub encoders are): loading an adapter must not print
+    transformers' "newly initialized ... You should probably TRAIN this model", and the adapter's trained
+    head answers exactly as it does over a base that has a head."""
+    import logging
+    import shutil
+
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+    from transformers.utils import logging as hf_logging
+
+    from toolkit.modeling import load_adapter, load_tokenizer
+
+    headless = tmp_path / "headless"
+    AutoModelForQuestionAnswering.from_pretrained(tiny_bert).bert.save_pretrained(headless)
+    load_tokenizer(str(tiny_bert)).save_pretrained(headless)
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained_bert / "adapter", adapter)
+    qa = QAConfig.load(adapter)
+    qa.base_model = str(headless)
+    qa.save(adapter)
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    library_logger = hf_logging.get_logger("transformers")
+    library_logger.addHandler(handler)
+    try:
+        model, tokenizer, _ = load_adapter(adapter)
+        AutoModelForQuestionAnswering.from_pretrained(headless)  # the warning this handler would see
+    finally:
+        library_logger.removeHandler(handler)
+    messages = [record.getMessage() for record in records]
+    assert len([m for m in messages if "newly initialized" in m]) == 1, messages
+    reference, _, _ = load_adapter(trained_bert / "adapter")
+    batch = tokenizer(["Who answered?"], ["Someone answered the question."], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**batch).start_logits, reference(**batch).start_logits)
+        assert torch.equal(model(**batch).end_logits, reference(**batch).end_logits)

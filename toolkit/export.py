@@ -325,7 +325,7 @@ def export_lora_graph(base_model: str, targets: list[str], tokenizer, path: Path
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
 
-    template = get_peft_model(modeling.load_base(base_model), LoraConfig(
+    template = get_peft_model(modeling.load_base(base_model, head_from_adapter=True), LoraConfig(
         r=4, lora_alpha=4, lora_dropout=0.0, target_modules=targets, modules_to_save=[modeling.HEAD])).eval()
     swaps = []  # (graph input name, module, attribute): the traced weights that become inputs
     for module_name, module in template.base_model.model.named_modules():

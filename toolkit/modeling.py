@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from toolkit.config import DEFAULT_MODEL, QAConfig
 
@@ -58,11 +59,19 @@ def load_tokenizer(spec: str):
     return tokenizer
 
 
-def load_base(spec: str, seed: int = 42):
-    """The pretrained encoder with a QA head (newly initialised, seeded, when the checkpoint has none)."""
+def load_base(spec: str, seed: int = 42, head_from_adapter: bool = False):
+    """The pretrained encoder with a QA head (newly initialised, seeded, when the checkpoint has none).
+    head_from_adapter: an adapter's trained head replaces that head next, so transformers' "newly
+    initialized ... You should probably TRAIN this model" warning would be wrong; it is not printed."""
     config = _load(AutoConfig.from_pretrained, spec, "model config")
     torch.manual_seed(seed)
-    return _load(AutoModelForQuestionAnswering.from_pretrained, spec, "model", config=config)
+    verbosity = hf_logging.get_verbosity()
+    if head_from_adapter:
+        hf_logging.set_verbosity_error()
+    try:
+        return _load(AutoModelForQuestionAnswering.from_pretrained, spec, "model", config=config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def encoder_flops(config, seq_len: int) -> float:
@@ -175,7 +184,7 @@ def load_adapter(adapter_dir: str | Path):
     if not is_adapter_dir(adapter_dir):
         raise ModelError(f"{adapter_dir} holds no adapter_config.json; is it a qa-toolkit adapter directory?")
     qa = QAConfig.load(adapter_dir)
-    base = load_base(qa.base_model)
+    base = load_base(qa.base_model, head_from_adapter=True)
     if base.config.model_type != qa.model_type:
         raise ModelError(f"adapter {adapter_dir} was trained on a '{qa.model_type}' model but its base "
                          f"'{qa.base_model}' is '{base.config.model_type}'")
@@ -221,7 +230,7 @@ def load_adapters(adapter_dirs: dict[str, Path]):
         if (qa.base_model, qa.model_type) != (configs[first].base_model, configs[first].model_type):
             raise ModelError(f"adapters '{first}' and '{name}' come from different base models "
                              f"({configs[first].base_model} vs {qa.base_model}); one base serves adapters of that base only")
-    base = load_base(configs[first].base_model)
+    base = load_base(configs[first].base_model, head_from_adapter=True)
     model = None
     for name, directory in adapter_dirs.items():
         try:
