@@ -78,6 +78,24 @@ def test_article_selectors_and_samples(squad_file, tmp_path):
         data.load_source(f"{squad_file}?sample=4", tmp_path, 0, "train")
 
 
+def test_repeat_weighs_a_source_with_unique_ids(squad_file, tmp_path):
+    once, _ = data.load_source(f"{squad_file}?articles=Zurich", tmp_path, 0, "train")
+    thrice, report = data.load_source(f"{squad_file}?articles=Zurich&repeat=3", tmp_path, 0, "train")
+    assert [(e.question, e.context, e.answer_texts) for e in thrice] == 3 * [(e.question, e.context, e.answer_texts)
+                                                                         for e in once]
+    assert [e.id for e in thrice] == ([e.id for e in once] + [f"{e.id}-r2" for e in once]
+                                      + [f"{e.id}-r3" for e in once])
+    assert report.repeat == 3 and report.examples == 3 * len(once)
+    with pytest.raises(data.DataError, match="more than once"):  # the second source repeats the first's ids
+        data.load_examples([f"{squad_file}?repeat=2", str(squad_file)], tmp_path, 0, None, "train")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "2.5", "x"])
+def test_bad_repeat_is_named(squad_file, tmp_path, value):
+    with pytest.raises(data.DataError, match="repeat must be"):
+        data.load_source(f"{squad_file}?repeat={value}", tmp_path, 0, "train")
+
+
 def test_mismatched_answers_are_counted_and_not_used(tmp_path):
     rows = [{"id": "ok", "question": "q?", "context": "abc def", "answers": {"text": ["def"], "answer_start": [4]}},
             {"id": "bad", "question": "q?", "context": "abc def", "answers": {"text": ["def"], "answer_start": [0]}},

@@ -137,9 +137,12 @@ def test_train_eval_overlap_is_refused(tiny_bert, squad_file, tmp_path):
     assert result.exit_code != 0 and "both the training and the eval data" in result.output
 
 
-def test_trainer_eval_equals_the_engine_on_the_saved_weights(tiny_bert, files, tmp_path):
+@pytest.mark.parametrize("bf16", ["off", "on"])
+def test_trainer_eval_equals_the_engine_on_the_saved_weights(tiny_bert, files, tmp_path, bf16):
     """Length-grouped training, eval in several batches of different lengths: the table, the final metrics
-    and the stored predictions must be what the serving engine computes from the saved adapter."""
+    and the stored predictions must be what the serving engine computes from the saved adapter. With bf16
+    autocast training (native on AVX512-BF16/AMX, emulated elsewhere) evaluation still runs in fp32, the
+    precision the engine serves in."""
     from toolkit import data
     from toolkit.engine import load_engine
     from toolkit.metrics import position_metrics, squad_scores
@@ -147,10 +150,11 @@ def test_trainer_eval_equals_the_engine_on_the_saved_weights(tiny_bert, files, t
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"eval_batch_size": 3, "group_by_length": True}))
     run = tmp_path / "run"
-    result = run_train(tiny_bert, files, run, "--config", str(cfg))
+    result = run_train(tiny_bert, files, run, "--config", str(cfg), "--bf16", bf16)
     assert result.exit_code == 0, result.output
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["counts"]["eval_features"] > 3 * 2  # several eval batches
+    assert manifest["precision"] == ("bf16" if bf16 == "on" else "fp32")
 
     examples, _ = data.load_examples([str(files[1])], data.default_cache_dir(), 42, None, "validation")
     engine = load_engine(run / "adapter", engine="torch", device="cpu", batch_size=2)
@@ -250,3 +254,62 @@ def test_bf16_setting(monkeypatch):
     assert precision(TrainConfig(bf16="auto")) == "bf16" and precision(TrainConfig(bf16="off")) == "fp32"
     with pytest.raises(TrainError, match="auto, on or off"):
         precision(TrainConfig(bf16="yes"))
+
+
+def adapter_tensors(adapter_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter_dir / "adapter_model.safetensors"))
+
+
+def test_init_adapter_continues_its_weights_in_a_new_run(trained_bert, tiny_bert, files, tmp_path):
+    """At lr 0 the new run saves exactly the adapter it started from (LoRA weights and head); at a real lr it
+    moves away from it, keeps its LoRA settings whatever --lora-r says, and records where it started."""
+    import torch
+
+    start = trained_bert / "adapter"
+    frozen = tmp_path / "frozen"
+    assert run_train(tiny_bert, files, frozen, "--init-adapter", str(start), "--lr", "0").exit_code == 0
+    before, after = adapter_tensors(start), adapter_tensors(frozen / "adapter")
+    assert before.keys() == after.keys() and any("qa_outputs" in k for k in before)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+    moved = tmp_path / "moved"
+    result = run_train(tiny_bert, files, moved, "--init-adapter", str(start), "--lr", "1e-2", "--lora-r", "4")
+    assert result.exit_code == 0, result.output
+    trained = adapter_tensors(moved / "adapter")
+    assert trained.keys() == before.keys() and not all(torch.equal(before[k], trained[k]) for k in before)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    rank = json.loads((start / "adapter_config.json").read_text())["r"]
+    assert rank != 4 and manifest["init_adapter"]["lora_r"] == rank
+    assert manifest["init_adapter"]["path"] == str(start.resolve()) and manifest["init_adapter"]["steps"] == 2
+    assert json.loads((moved / "adapter" / "adapter_config.json").read_text())["r"] == rank
+    assert "--init-adapter" in (moved / "adapter" / "README.md").read_text()
+
+
+def test_init_adapter_mistakes_are_named(trained_bert, tiny_bert, tiny_distilbert, files, tmp_path):
+    assert "not an adapter directory" in run_train(tiny_bert, files, tmp_path / "a", "--init-adapter",
+                                                   str(tmp_path)).output
+    assert "--full-finetune" in run_train(tiny_bert, files, tmp_path / "b", "--init-adapter",
+                                          str(trained_bert / "adapter"), "--full-finetune").output
+    wrong_base = run_train(tiny_distilbert, files, tmp_path / "c", "--init-adapter", str(trained_bert / "adapter"))
+    assert wrong_base.exit_code != 0 and "pass --model" in wrong_base.output
+
+
+def test_saved_adapter_names_a_portable_base(files, tmp_path):
+    """The default base is saved under its hub id, which the toolkit resolves to the offline package, never as
+    this machine's path into site-packages; the shipped adapters hold no absolute path either."""
+    from pathlib import Path
+
+    from toolkit.config import DEFAULT_MODEL, DEFAULT_MODEL_HUB_ID
+
+    result = run_train(DEFAULT_MODEL, files, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == DEFAULT_MODEL_HUB_ID
+    assert modeling.resolve(DEFAULT_MODEL_HUB_ID) == modeling.resolve(DEFAULT_MODEL)
+    shipped = list((Path(__file__).parent.parent / "models").glob("*/adapter/adapter_config.json"))
+    assert shipped
+    for config in [tmp_path / "run" / "adapter" / "adapter_config.json", *shipped]:
+        values = [v for v in json.loads(config.read_text()).values() if isinstance(v, str)]
+        assert not any(v.startswith("/") or ":\\" in v for v in values), config

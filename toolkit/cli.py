@@ -40,7 +40,7 @@ def main():
 @click.option("--train-file", "train_files", multiple=True,
               help="Training source, repeatable: SQuAD .json (v1.1/v2.0), flat .jsonl, hub dataset name, or "
                    "squad-v1.1-train (offline mirror). Selectors: ?articles=A,B&exclude-articles=C&samples=N&split=S"
-                   "&negatives=R&negative-kind=paragraph|sentence|swap|mix (or a comma list). Default: "
+                   "&negatives=R&negative-kind=paragraph|sentence|swap|mix (or a comma list)&repeat=K. Default: "
                    "squad-v1.1-train?negatives=0.33.")
 @click.option("--eval-file", help="Evaluation source (same forms). Default: squad-v1.1-dev?samples=1000.")
 @click.option("--train-samples", type=int, help="Seeded random subset of the mixed training questions. Default 5000.")
@@ -61,6 +61,9 @@ def main():
 @click.option("--lora-r", type=int, help="LoRA rank. Default 32.")
 @click.option("--lora-alpha", type=int, help="LoRA alpha. Default 64.")
 @click.option("--full-finetune", is_flag=True, default=None, help="Train every weight instead of a LoRA adapter.")
+@click.option("--init-adapter", type=click.Path(), help="Continue training this adapter directory (its LoRA weights, "
+                                                       "settings and QA head) on new data in a new run; --lora-* are "
+                                                       "then the adapter's. Unlike --resume, which goes on with the same run.")
 @click.option("--bf16", type=click.Choice(["auto", "on", "off"]),
               help="bf16 autocast. auto (default): on a CPU with native bf16 (AVX512-BF16/AMX); CUDA keeps fp16.")
 @click.option("--eval-batch-size", type=int, help="Windows per eval batch. Default 32.")

