@@ -49,6 +49,20 @@ def test_null_threshold_decides_no_answer():
     assert no.prediction == "" and no.text == "Paris"  # best span kept for inspection
 
 
+def test_a_no_answer_keeps_its_best_spans_confidences_and_says_its_own_probability():
+    """The confidences always describe the best span; how likely "no answer" is, is a field of its own:
+    sigmoid(null score - span score), above 0.5 exactly when the null score wins at threshold 0."""
+    start, end = logits({0: 5.0, 3: 3.0}), logits({0: 5.0, 3: 3.0})  # null 10, span 6 -> diff 4
+    no = answer_question(CONTEXT, [(start, end, OFFSETS)])
+    probs = np.exp(start) / np.exp(start).sum()
+    assert no.no_answer and no.start_confidence == pytest.approx(probs[3]) != pytest.approx(probs[0])
+    assert no.no_answer_probability == pytest.approx(1 / (1 + np.exp(-4.0)))
+    yes = answer_question(CONTEXT, [(logits({3: 4.0, 0: 1.0}), logits({3: 3.0, 0: 1.0}), OFFSETS)])
+    assert not yes.no_answer and yes.no_answer_probability == pytest.approx(1 / (1 + np.exp(5.0)))
+    nothing = answer_question("", [(np.zeros(4), np.zeros(4), [None] * 4)])
+    assert (nothing.start_confidence, nothing.end_confidence, nothing.no_answer_probability) == (0.0, 0.0, 1.0)
+
+
 def test_windows_combined_best_span_min_null():
     w1 = (logits({0: 3.0, 3: 1.0}), logits({0: 3.0, 3: 1.0}), OFFSETS)
     w2 = (logits({0: -1.0, 8: 4.0}), logits({0: -1.0, 8: 4.0}), OFFSETS)

@@ -49,6 +49,26 @@ def test_torch_and_onnx_give_identical_answers(exported_bert, trained_bert, tmp_
             assert line["context"][row["start"]:row["end"]] == row["answer"] == row["best_span"]
 
 
+def test_no_answer_threshold_tuned_never_and_a_number(exported_bert, tmp_path):
+    """never answers every question with its best span; a number re-decides each line from its null_score_diff;
+    the spans, confidences and no-answer probabilities do not depend on the threshold."""
+    src = write_jsonl(tmp_path / "in.jsonl", fixture_lines())
+    rows = {}
+    for value in ("tuned", "never", "0.5", "-1e9"):
+        out = tmp_path / f"{value}.jsonl"
+        result = serve(str(src), "--model", str(exported_bert / "onnx"), "--variant", "fp32", "-o", str(out),
+                       "--no-answer-threshold", value)
+        assert result.exit_code == 0, result.output
+        rows[value] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["answer"] == r["best_span"] and not r["no_answer"] for r in rows["never"])
+    assert all(r["no_answer"] for r in rows["-1e9"])
+    assert [r["no_answer"] for r in rows["0.5"]] == [r["null_score_diff"] > 0.5 for r in rows["0.5"]]
+    key = ("best_span", "start_confidence", "end_confidence", "null_score_diff", "no_answer_probability")
+    assert len({tuple(tuple(r[k] for k in key) for r in v) for v in rows.values()}) == 1
+    bad = serve(str(src), "--model", str(exported_bert / "onnx"), "--no-answer-threshold", "sometimes")
+    assert bad.exit_code != 0 and "tuned, never or a number" in bad.output
+
+
 def test_every_bad_line_gets_its_own_error_in_order(exported_bert, tmp_path):
     good = fixture_lines()[:3]
     lines = [json.dumps(good[0]).encode(),

@@ -30,6 +30,7 @@ def test_train_writes_adapter_manifest_reports(trained_bert):
     assert tuned["HasAns_total"] == 6 and tuned["NoAns_total"] == 3
     qa = QAConfig.load(adapter)
     assert qa.model_type == "bert" and qa.null_threshold == manifest["null_threshold"]["value"]
+    assert qa.null_threshold_tuned_on == manifest["config"]["eval_file"]
     assert qa.max_length == 64 and qa.doc_stride == 16
 
 

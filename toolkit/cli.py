@@ -180,13 +180,17 @@ def export(merge, adapter, model, adapters, default_adapter, output_dir, variant
 @click.option("--threads-per-worker", type=int, default=1, show_default=True,
               help="With --ray: intra-op threads (and CPUs reserved) per actor.")
 @click.option("--summary-json", type=click.Path(), help="Also write the run summary to this JSON file.")
+@click.option("--no-answer-threshold", default="tuned", show_default=True,
+              help="tuned: each model's threshold from its qa_config.json; never: always answer with the best span "
+                   "(questions that always have an answer); a number: 'no answer' when null score - span score is above it.")
 @fail_clearly
 def serve_batch(input_path, model, adapters, default_adapter, output, engine, device, variant, batch_size,
                 max_batch_tokens, threads, chunk_size, max_line_bytes, max_context_tokens, resume, ray_address,
-                workers, threads_per_worker, summary_json):
+                workers, threads_per_worker, summary_json, no_answer_threshold):
     """Answer every line of INPUT.jsonl ({"id"?, "question", "context", "adapter"?}) into one output line each."""
     from dataclasses import asdict
 
+    from toolkit.config import no_answer_threshold as parse_threshold
     from toolkit.engine import load_engine, load_torch_adapters
     from toolkit.modeling import parse_adapters
     from toolkit.serve import ServeConfig, check_paths
@@ -200,13 +204,14 @@ def serve_batch(input_path, model, adapters, default_adapter, output, engine, de
     if output is None:
         output = "-" if input_path == "-" else str(Path(input_path).with_suffix(".answers.jsonl"))
     check_paths(input_path, output)
+    threshold = parse_threshold(no_answer_threshold)
     cfg = ServeConfig(chunk_size=chunk_size, max_line_bytes=max_line_bytes, max_context_tokens=max_context_tokens,
                       resume=resume)
     if ray_address:
         from toolkit.serve_ray import RayConfig, serve_batch_ray
 
         common = {"device": device, "batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
-                  "threads": threads_per_worker}
+                  "threads": threads_per_worker, "no_answer_threshold": threshold}
         engine_args = ({"adapters": {k: str(v) for k, v in parse_adapters(adapters).items()},
                         "default": default_adapter, **common} if adapters else
                        {"model_dir": model, "engine": engine, "variant": variant, "default_adapter": default_adapter,
@@ -217,10 +222,10 @@ def serve_batch(input_path, model, adapters, default_adapter, output, engine, de
     else:
         if adapters:
             qa_engine = load_torch_adapters(parse_adapters(adapters), device, default_adapter, batch_size,
-                                            max_batch_tokens, threads)
+                                            max_batch_tokens, threads, threshold)
         else:
             qa_engine = load_engine(model, engine, device, variant, batch_size, max_batch_tokens, threads,
-                                    default_adapter)
+                                    default_adapter, threshold)
         click.echo(f"engine: {qa_engine.predictor.variant} on {qa_engine.predictor.provider}", err=True)
         summary = asdict(run(qa_engine, input_path, output, cfg))
     click.echo(json.dumps(summary), err=True)

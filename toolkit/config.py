@@ -71,6 +71,7 @@ class QAConfig:
     max_answer_length: int = 30
     n_best: int = 20
     null_threshold: float = 0.0  # tuned on the eval set after training
+    null_threshold_tuned_on: str = ""  # the source it was tuned on (max F1); "" = not tuned, the default 0.0
     default_variant: dict[str, str] = field(default_factory=dict)  # provider -> ONNX variant
 
     def features(self) -> FeatureConfig:
@@ -85,6 +86,22 @@ class QAConfig:
         if not path.exists():
             raise FileNotFoundError(f"{directory}: no {QA_CONFIG_FILE}; is this a qa-toolkit model directory?")
         return from_dict(cls, json.loads(path.read_text()), str(path))
+
+
+def no_answer_threshold(value: str) -> float | None:
+    """A --no-answer-threshold: 'tuned' -> None (each model's own tuned threshold), 'never' -> inf (always the
+    best span, for questions that always have an answer), or a number (null score - span score above it: no answer)."""
+    if value == "tuned":
+        return None
+    if value == "never":
+        return float("inf")
+    try:
+        threshold = float(value)
+    except ValueError:
+        raise ValueError(f"--no-answer-threshold must be tuned, never or a number, not '{value}'") from None
+    if threshold != threshold:
+        raise ValueError("--no-answer-threshold must be tuned, never or a number, not nan")
+    return threshold
 
 
 def from_dict(cls, values: dict, where: str):

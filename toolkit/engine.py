@@ -5,6 +5,7 @@ logits as float32 numpy arrays, so that their answers can be compared one to one
 """
 
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -265,6 +266,14 @@ class AdapterEngines:
         return {"default": self.default, "adapters": {name: e.source for name, e in self.engines.items()}}
 
 
+def override_threshold(engine: "QAEngine | AdapterEngines", threshold: float | None):
+    """The engine answering with this no-answer threshold instead of each model's tuned one (None: tuned)."""
+    if threshold is not None:
+        for one in [engine] if isinstance(engine, QAEngine) else engine.engines.values():
+            one.qa = dataclasses.replace(one.qa, null_threshold=threshold)
+    return engine
+
+
 def _files(directory: Path) -> dict:
     """Size and mtime of the model's files (its adapters/ folder included): what a resumed job must find."""
     files = [f for f in sorted(directory.iterdir()) if f.is_file()]
@@ -274,7 +283,7 @@ def _files(directory: Path) -> dict:
 
 def load_torch_adapters(adapter_dirs: dict[str, Path], device: str = "auto", default: str | None = None,
                         batch_size: int | None = None, max_batch_tokens: int | None = None,
-                        threads: int | None = None) -> AdapterEngines:
+                        threads: int | None = None, no_answer_threshold: float | None = None) -> AdapterEngines:
     """PEFT adapters (name -> training run's adapter dir) loaded onto one base model."""
     from toolkit.modeling import load_adapters
 
@@ -290,7 +299,7 @@ def load_torch_adapters(adapter_dirs: dict[str, Path], device: str = "auto", def
                               {"dir": str(Path(adapter_dirs[name]).resolve()), "engine": "torch", "device": device,
                                "threads": threads, "files": _files(Path(adapter_dirs[name]))})
                for name, qa in configs.items()}
-    return AdapterEngines(engines, default or next(iter(engines)))
+    return override_threshold(AdapterEngines(engines, default or next(iter(engines))), no_answer_threshold)
 
 
 def load_onnx_adapters(model_dir: Path, device: str, default: str | None, settings: BatchSettings,
@@ -311,9 +320,16 @@ def load_onnx_adapters(model_dir: Path, device: str, default: str | None, settin
 
 def load_engine(model_dir: str | Path, engine: str = "auto", device: str = "auto", variant: str | None = None,
                 batch_size: int | None = None, max_batch_tokens: int | None = None,
-                threads: int | None = None, default_adapter: str | None = None) -> "QAEngine | AdapterEngines":
+                threads: int | None = None, default_adapter: str | None = None,
+                no_answer_threshold: float | None = None) -> "QAEngine | AdapterEngines":
     """An engine for an export dir (ONNX) or an adapter/merged/full model dir (torch); for an export of
-    several adapters (`export --adapters`), one engine per adapter over the shared base graph."""
+    several adapters (`export --adapters`), one engine per adapter over the shared base graph.
+    no_answer_threshold replaces the tuned threshold(s) of qa_config.json (None: keep them)."""
+    return override_threshold(_load_engine(model_dir, engine, device, variant, batch_size, max_batch_tokens,
+                                           threads, default_adapter), no_answer_threshold)
+
+
+def _load_engine(model_dir, engine, device, variant, batch_size, max_batch_tokens, threads, default_adapter):
     from toolkit.modeling import load_for_inference, load_tokenizer
 
     model_dir = Path(model_dir)

@@ -195,8 +195,9 @@ def sample_answers(path: str, examples: list, n: int) -> list[str]:
                 continue
             answer = "(no answer)" if row["answer"] is None else repr(row["answer"])
             gold = " | ".join(repr(t) for t in dict.fromkeys(example.answer_texts)) or "(unanswerable)"
-            lines.append(f"Q: {example.question}\n   answer: {answer} (start {row['start_confidence']:.2f}, "
-                         f"end {row['end_confidence']:.2f}; best span {row['best_span']!r})\n   reference: {gold}")
+            lines.append(f"Q: {example.question}\n   answer: {answer} (best span {row['best_span']!r}: start "
+                         f"{row['start_confidence']:.2f}, end {row['end_confidence']:.2f}; no answer "
+                         f"{row.get('no_answer_probability', float('nan')):.2f})\n   reference: {gold}")
             if len(lines) == n:
                 break
     return lines

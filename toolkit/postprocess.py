@@ -21,10 +21,11 @@ class Answer:
     start: int | None  # char offsets of the best span in the context
     end: int | None
     score: float  # start + end logit of the best span
-    start_confidence: float  # softmax probability of the chosen start token in its window
-    end_confidence: float
+    start_confidence: float  # softmax probability of the best span's start token in its window (0 without a span)
+    end_confidence: float  # the same for its end token; both describe the span even when no_answer is true
     null_score_diff: float  # null score - best span score (inf when no span is possible)
-    no_answer: bool
+    no_answer: bool  # null_score_diff > the no-answer threshold
+    no_answer_probability: float = 1.0  # sigmoid(null_score_diff): "no answer" against the best span, 1 without a span
 
     @property
     def prediction(self) -> str:
@@ -66,26 +67,22 @@ def answer_question(
         raise ValueError("a question needs at least one window")
     best = None  # (score, start_tok, end_tok, start_logits, end_logits, offsets)
     min_null = None
-    null_conf = (0.0, 0.0)
     for start_logits, end_logits, offsets in windows:
         n = len(offsets)
         start, end = np.asarray(start_logits[:n], dtype=np.float64), np.asarray(end_logits[:n], dtype=np.float64)
         null = float(start[0] + end[0])
-        if min_null is None or null < min_null:
-            min_null = null
-            null_conf = (float(_softmax(start)[0]), float(_softmax(end)[0]))
+        min_null = null if min_null is None else min(min_null, null)
         in_context = np.array([o is not None for o in offsets], dtype=bool)
         span = _best_span(start, end, in_context, n_best, max_answer_length)
         if span is not None and (best is None or span[0] > best[0]):
             best = (*span, start, end, offsets)
     if best is None:
-        return Answer("", None, None, float("-inf"), *null_conf, float("inf"), True)
+        return Answer("", None, None, float("-inf"), 0.0, 0.0, float("inf"), True, 1.0)
     score, s, e, start, end, offsets = best
     char_start, char_end = offsets[s][0], offsets[e][1]
     diff = min_null - score
-    no_answer = diff > null_threshold
-    confidences = null_conf if no_answer else (float(_softmax(start)[s]), float(_softmax(end)[e]))
-    return Answer(context[char_start:char_end], char_start, char_end, score, *confidences, diff, no_answer)
+    return Answer(context[char_start:char_end], char_start, char_end, score, float(_softmax(start)[s]),
+                  float(_softmax(end)[e]), diff, diff > null_threshold, float(1.0 / (1.0 + np.exp(-diff))))
 
 
 def answer_all(

@@ -214,7 +214,8 @@ def answer_chunk(engine: QAEngine | AdapterEngines, chunk: list[Query],
                     "start": None if a.no_answer else a.start, "end": None if a.no_answer else a.end,
                     "score": _finite(a.score), "start_confidence": a.start_confidence,
                     "end_confidence": a.end_confidence, "null_score_diff": _finite(a.null_score_diff),
-                    "no_answer": a.no_answer, "best_span": a.text if a.start is not None else None})
+                    "no_answer": a.no_answer, "no_answer_probability": a.no_answer_probability,
+                    "best_span": a.text if a.start is not None else None})
     return out
 
 

@@ -369,7 +369,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
 
     qa = QAConfig(base_model=cfg.model, model_type=model.config.model_type,
                   max_length=cfg.max_length, doc_stride=cfg.doc_stride, max_question_tokens=cfg.max_question_tokens,
-                  max_answer_length=cfg.max_answer_length, n_best=cfg.n_best, null_threshold=threshold)
+                  max_answer_length=cfg.max_answer_length, n_best=cfg.n_best, null_threshold=threshold,
+                  null_threshold_tuned_on=cfg.eval_file if evalset.has_unanswerable() else "")
     model_dir = out / ("model" if cfg.full_finetune else "adapter")
     if not cfg.full_finetune:  # a name that loads anywhere, not this machine's path of the base
         trainer.model.peft_config["default"].base_model_name_or_path = modeling.portable_name(cfg.model)
@@ -482,7 +483,8 @@ def model_card(cfg: TrainConfig, manifest: dict) -> str:
         f"- steps: {manifest['timing']['global_step']}, {manifest['timing']['seconds_per_step']:.3f} s/step "
         f"on {manifest['device']} ({manifest['speed']['precision']}, {manifest['speed']['tokens_per_second']:.0f} "
         f"tokens/s, {100 * manifest['speed']['fraction_of_peak']:.0f}% of the fp32 matmul peak)",
-        f"- no-answer threshold: {manifest['null_threshold']['value']:.4f} ({manifest['null_threshold']['how']})", "",
+        f"- no-answer threshold: {manifest['null_threshold']['value']:.4f} ({manifest['null_threshold']['how']}: "
+        f"{cfg.eval_file}); serve with `--no-answer-threshold never` for questions that always have an answer", "",
         "| metric | value |", "|---|---|",
     ]
     lines += [f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in tuned.items()]
