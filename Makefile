@@ -24,6 +24,7 @@ install: $(BIN)/qa-toolkit
 # (~200 MB) extras are installed for them, not for the demo.
 test: install
 	$(BIN)/pip install -q -c constraints.txt -e ".[cpu,test,ray,peers]"
+	$(BIN)/ruff check toolkit tests bench
 	$(BIN)/python -m pytest -q
 
 # The main job on the offline defaults, in minutes: the shipped reference adapter (models/minilm-squad-lora)

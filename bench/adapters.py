@@ -19,9 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from toolkit.bench.results import qa_command, stamp, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-QA = str(ROOT / ".venv" / "bin" / "qa-toolkit")
+QA = qa_command()
 REFERENCE = ROOT / "models" / "minilm-squad-lora"
 TRAINED = {"reference": REFERENCE / "adapter",
            "recipe-lora": ROOT / "models" / "compare" / "lora-all-r32-lr1e-3" / "adapter",
@@ -76,7 +77,7 @@ def main() -> None:
         raise SystemExit(f"{merged}: export the reference first (make demo or qa-toolkit export --merge ...)")
 
     questions = work / "questions.jsonl"
-    subprocess.run([QA, "to-jsonl", f"squad-v1.1-dev?samples={args.questions}", str(questions)], check=True)
+    subprocess.run([*QA, "to-jsonl", f"squad-v1.1-dev?samples={args.questions}", str(questions)], check=True)
     lines = rows(questions)
     alternating = work / "alternating.jsonl"
     alternating.write_text("".join(json.dumps({**r, "adapter": names[i % len(names)]}) + "\n" for i, r in enumerate(lines)))
@@ -85,14 +86,14 @@ def main() -> None:
 
     shared = work / "shared-export"
     if not shared.exists():
-        subprocess.run([QA, "export", "--adapters", spec, "--output-dir", str(shared),
+        subprocess.run([*QA, "export", "--adapters", spec, "--output-dir", str(shared),
                         "--eval-file", "squad-v1.1-train?samples=60", "--eval-samples", "60"], check=True)
     one = work / "shared-export-1"
     if not one.exists():
-        subprocess.run([QA, "export", "--adapters", f"reference={adapters['reference']}", "--output-dir", str(one),
+        subprocess.run([*QA, "export", "--adapters", f"reference={adapters['reference']}", "--output-dir", str(one),
                         "--eval-file", "squad-v1.1-train?samples=60", "--eval-samples", "60"], check=True)
 
-    serve = [QA, "serve-batch", "--threads", "2", "--device", "cpu"]
+    serve = [*QA, "serve-batch", "--threads", "2", "--device", "cpu"]
     cases = {
         "onnx merged, 1 model": [*serve, str(questions), "--model", str(merged / "onnx"), "--variant", "fp32"],
         "onnx shared base, 1 adapter": [*serve, str(reference_only), "--model", str(one / "onnx")],
@@ -145,15 +146,13 @@ def main() -> None:
         "reference_shared_vs_merged_max_score_diff": score_diff,
         "torch_alternating_equal_to_onnx_alternating_lines": f"{same_torch}/{len(alt)}",
         "export_manifest": json.loads((shared / "export_manifest.json").read_text())["adapters"],
-        "machine": os.uname().nodename and subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split("Model name:")[1].splitlines()[0].strip(),
     }
-    target = ROOT / "bench" / "results" / args.name
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = {**stamp(args.name, 2), **summary}
     table = ["| row | q/s | peak RSS MB |", "|---|---|---|"]
     table += [f"| {k} | {v['questions_per_second']:.1f} | {v['peak_rss_mb']:.0f} |" for k, v in summary["rows"].items()]
-    table += ["", *(f"- {k}: {v}" for k, v in summary.items() if k not in ("rows", "export_manifest", "adapters"))]
-    (target / "results.md").write_text("\n".join(table) + "\n")
+    table += ["", *(f"- {k}: {v}" for k, v in summary.items()
+                    if k not in ("rows", "export_manifest", "adapters", "machine", "versions"))]
+    write_results(ROOT / "bench" / "results", summary, "\n".join(table))
     print("\n".join(table))
 
 

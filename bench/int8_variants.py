@@ -11,50 +11,36 @@ best spans, and the fraction of the matching matmul peak reached. Writes bench/r
 """
 
 import argparse
-import json
 import shutil
-import time
 from pathlib import Path
 
-import numpy as np
-
 from toolkit import data
-from toolkit.bench import accuracy_pass, machine_info, machine_peaks, peak_for
+from toolkit.bench.inference import accuracy_pass
+from toolkit.bench.peers import calibration_windows
+from toolkit.bench.results import machine_line, stamp, write_results
 from toolkit.config import QAConfig
-from toolkit.engine import ONNX_FILES, OrtPredictor, QAEngine, TorchPredictor, default_threads
-from toolkit.export import quantize_int8
+from toolkit.exporting.variants import quantize_int8
+from toolkit.features import build_features
+from toolkit.inference import ONNX_FILES, OrtPredictor, TorchPredictor
+from toolkit.inference.openvino import OpenVinoPredictor
 from toolkit.metrics import squad_scores
-from toolkit.modeling import encoder_flops, load_for_inference, load_tokenizer
-from toolkit.peers import calibration_windows
-from toolkit.train import package_versions
-
-
-class OpenVinoPredictor:
-    """An OpenVINO CPU model on our padded batches (fp32 precision pinned, so that only int8 differs)."""
-
-    def __init__(self, model, threads: int, variant: str):
-        import openvino as ov
-
-        self.compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": str(threads),
-                                                               "PERFORMANCE_HINT": "LATENCY",
-                                                               "INFERENCE_PRECISION_HINT": "f32"})
-        self.request = self.compiled.create_infer_request()
-        self.names = [i.get_any_name() for i in self.compiled.inputs]
-        self.provider, self.variant = "OpenVINO-CPU", variant
-
-    def logits(self, batch):
-        out = self.request.infer({k: batch[k] for k in self.names})  # arrays reused by the next call: copy
-        return (np.array(out[self.compiled.output("start_logits")], np.float32),
-                np.array(out[self.compiled.output("end_logits")], np.float32))
+from toolkit.modeling import load_for_inference, load_tokenizer
+from toolkit.runtime import default_threads, encoder_flops, machine_peaks, peak_for
 
 
 def build(onnx_dir: Path, work: Path, calibration: list[dict], log) -> dict[str, Path]:
     """The candidate int8 files (and the fused fp32 graph they start from)."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    from optimum.onnxruntime import ORTOptimizer, OptimizationConfig
+    from optimum.onnxruntime import OptimizationConfig, ORTOptimizer
 
     work.mkdir(parents=True, exist_ok=True)
     for f in onnx_dir.iterdir():
@@ -115,7 +101,7 @@ def main() -> None:
     onnx_dir, work = export / "onnx", export / "int8-candidates"
     qa, tokenizer = QAConfig.load(onnx_dir), load_tokenizer(str(onnx_dir))
     examples, _ = data.load_examples([args.eval_file], data.default_cache_dir(), 42, args.samples, "validation")
-    features = QAEngine(None, tokenizer, qa).features([e.question for e in examples], [e.context for e in examples])
+    features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
     calibration = calibration_windows(tokenizer, qa, args.calibration_file, None, 7)
     files = build(onnx_dir, work, calibration, log)
 
@@ -162,15 +148,10 @@ def main() -> None:
                      "peak_fraction": flops / r["seconds"] / peak_for(kind, peaks), "peak": kind})
         rows[-1]["passes_gate"] = min(rows[-1][k] for k in ("delta_exact", "delta_f1", "best_span_delta_exact",
                                                             "best_span_delta_f1")) >= -1.0
-    results = {"name": args.name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "eval_file": args.eval_file,
-               "questions": len(examples), "windows": len(features), "calibration": args.calibration_file,
-               "machine": machine_info(threads), "versions": package_versions(), "peaks": peaks, "rows": rows}
-    out = Path(args.results_dir) / args.name
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    results = {**stamp(args.name, threads), "eval_file": args.eval_file, "questions": len(examples),
+               "windows": len(features), "calibration": args.calibration_file, "peaks": peaks, "rows": rows}
     lines = [f"# int8 recipes vs PyTorch fp32 ({results['date']})", "",
-             f"Machine: {results['machine'].get('cpu', '')}, {threads} threads"
-             f"{', VNNI' if peaks['int8_vnni'] else ', no VNNI (AVX2 int8)'}. {len(examples)} questions "
+             machine_line(results) + f" {len(examples)} questions "
              f"({args.eval_file}), {len(features)} windows, all variants interleaved in one run. Peaks (GOP/s): "
              f"fp32 {peaks['fp32_torch'] / 1e9:.0f}, int8 {peaks['int8_u8s8_onnxruntime'] / 1e9:.0f} U8S8 / "
              f"{peaks['int8_u8u8_onnxruntime'] / 1e9:.0f} U8U8 (ONNX Runtime MatMulInteger), bf16 {peaks['bf16_torch'] / 1e9:.0f}{'' if peaks['bf16_native'] else ' (not native here)'}. "
@@ -182,7 +163,7 @@ def main() -> None:
                      f"{r['exact']:.2f} ({r['delta_exact']:+.2f}) | {r['f1']:.2f} ({r['delta_f1']:+.2f}) | "
                      f"{r['best_span_delta_exact']:+.2f} / {r['best_span_delta_f1']:+.2f} | "
                      f"{'pass' if r['passes_gate'] else 'FAIL'} | {100 * r['peak_fraction']:.0f}% {r['peak']} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_results(args.results_dir, results, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from recipes import EVAL, RECIPES, run, second_path, write_results
 
+from toolkit.bench.results import qa_command
 from toolkit.metrics import squad_scores
 
 V11 = "squad-v1.1-train"
@@ -34,7 +35,7 @@ def train(runs: Path, steps: int) -> None:
     for directory, source in ROWS.values():
         if (runs / directory / "manifest.json").exists():
             continue
-        command = ["qa-toolkit", "train", "--train-file", source, "--train-samples", str(steps * 8),
+        command = [*qa_command(), "train", "--train-file", source, "--train-samples", str(steps * 8),
                    "--eval-file", EVAL, "--max-steps", str(steps), "--eval-steps", str(steps // 2),
                    "--warmup-steps", "50", "--output-dir", str(runs / directory), *LORA[1]]
         with open(runs / f"{directory}.log", "w") as log:

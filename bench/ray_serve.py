@@ -11,8 +11,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from toolkit.bench.results import qa_command, stamp, write_results
+
 ROOT = Path(__file__).resolve().parents[1]
-QA = str(ROOT / ".venv" / "bin" / "qa-toolkit")
+QA = qa_command()
 MODEL = ROOT / "models" / "minilm-squad-lora" / "export" / "onnx"
 
 
@@ -32,9 +34,9 @@ def main() -> None:
     work = ROOT / "models" / "bench-ray"
     work.mkdir(parents=True, exist_ok=True)
     questions = work / "questions.jsonl"
-    subprocess.run([QA, "to-jsonl", f"squad-v1.1-dev?samples={args.questions}", str(questions)], check=True)
+    subprocess.run([*QA, "to-jsonl", f"squad-v1.1-dev?samples={args.questions}", str(questions)], check=True)
     # chunks of 128 lines: 8 chunks to share among the actors (one 1,024-line chunk would keep one busy)
-    common = [QA, "serve-batch", str(questions), "--model", str(MODEL), "--variant", "fp32", "--chunk-size", "128"]
+    common = [*QA, "serve-batch", str(questions), "--model", str(MODEL), "--variant", "fp32", "--chunk-size", "128"]
     rows = {
         "single process, 2 threads": timed([*common, "--threads", "2", "-o", str(work / "single2.jsonl")]),
         "single process, 1 thread": timed([*common, "--threads", "1", "-o", str(work / "single1.jsonl")]),
@@ -42,15 +44,13 @@ def main() -> None:
                                             "-o", str(work / "ray.jsonl")]),
     }
     identical = (work / "ray.jsonl").read_bytes() == (work / "single1.jsonl").read_bytes()
-    results = {"questions": args.questions, "rows": rows, "ray_output_identical_to_1_thread_run": identical}
-    target = ROOT / "bench" / "results" / args.name
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    results = {**stamp(args.name, 2), "questions": args.questions, "rows": rows,
+               "ray_output_identical_to_1_thread_run": identical}
     table = ["| row | job q/s | job s | process wall s |", "|---|---|---|---|"]
     table += [f"| {k} | {v['questions_per_second']:.1f} | {v['job_seconds']:.1f} | {v['wall_seconds']:.1f} |"
               for k, v in rows.items()]
     table += ["", f"Ray output byte-identical to the 1-thread run: {identical}"]
-    (target / "results.md").write_text("\n".join(table) + "\n")
+    write_results(ROOT / "bench" / "results", results, "\n".join(table))
     print("\n".join(table))
 
 

@@ -12,14 +12,14 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from toolkit import data
-from toolkit.engine import load_engine
+from toolkit import data, load
+from toolkit.bench.results import qa_command, stamp
+from toolkit.bench.results import write_results as write_bench
 from toolkit.metrics import score_answer_file
-from toolkit.serve import serve_batch
-from toolkit.train import package_versions
+from toolkit.runtime import default_threads
+from toolkit.serving import serve_batch
 
 SLICE = "../shared/data/squad2-dev-slice.json"
 EVAL = f"{SLICE}?articles=Huguenot,European_Union_law,Yuan_dynasty"
@@ -36,7 +36,7 @@ def train(runs: Path, steps: int) -> None:
               "--eval-file", EVAL, "--max-steps", str(steps), "--eval-steps", str(steps // 2), "--warmup-steps", "50"]
     for directory, flags in RECIPES.values():
         with open(runs / f"{directory}.log", "w") as log:
-            subprocess.run(["qa-toolkit", "train", *common, "--output-dir", str(runs / directory), *flags],
+            subprocess.run([*qa_command(), "train", *common, "--output-dir", str(runs / directory), *flags],
                            stdout=log, stderr=subprocess.STDOUT, check=True)
 
 
@@ -48,7 +48,7 @@ def second_path(run: Path, work: Path) -> dict:
     questions, answers = work / "eval.jsonl", work / f"{run.name}.answers.jsonl"
     data.write_jsonl(examples, questions)
     model_dir = run / ("model" if manifest["config"]["full_finetune"] else "adapter")
-    serve_batch(load_engine(model_dir, "torch", "cpu"), str(questions), str(answers), progress=False)
+    serve_batch(load(model_dir, engine="torch", device="cpu"), str(questions), str(answers), progress=False)
     refs = data.references(examples)
     return {"tuned": score_answer_file(str(answers), refs), "best_span": score_answer_file(str(answers), refs, True),
             "references": refs}
@@ -84,13 +84,10 @@ def summarise(runs: Path, name: str, results_dir: Path) -> None:
     write_results(results_dir / name, rows, lines)
 
 
-def write_results(out: Path, rows: list[dict], table: list[str]) -> None:
-    """results.json (the rows, the eval set, date, versions) and results.md (the table) in out; prints the table."""
-    out.mkdir(parents=True, exist_ok=True)
-    results = {"name": out.name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "eval_file": EVAL,
-               "versions": package_versions(), "rows": rows}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text("\n".join(table) + "\n")
+def write_results(out: Path, rows: list[dict], table: list[str], eval_file: str = EVAL) -> None:
+    """results.json (the rows, the eval set, date, machine, versions) and results.md (the table) in out."""
+    write_bench(out.parent, {**stamp(out.name, default_threads()), "eval_file": eval_file, "rows": rows},
+                "\n".join(table))
     print("\n".join(table))
 
 

@@ -10,18 +10,16 @@ Writes bench/results/<name>/results.json and results.md. Uses the same library c
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from toolkit import data
-from toolkit.bench import machine_info
-from toolkit.engine import default_threads, load_engine
+from toolkit import data, load
+from toolkit.bench.peers import PEERS, calibration_windows, run_peer
+from toolkit.bench.results import machine_line, stamp, write_results
 from toolkit.config import QAConfig
 from toolkit.metrics import score_answer_file
 from toolkit.modeling import load_tokenizer
-from toolkit.peers import PEERS, calibration_windows, run_peer
-from toolkit.serve import serve_batch
-from toolkit.train import package_versions
+from toolkit.runtime import default_threads
+from toolkit.serving import serve_batch
 
 RUNS = [("onnx", "fp32"), ("onnx", "opt"), ("onnx", "int8"), ("onnx", "int8-u8"), ("torch", None)]
 STAGES = ("read", "checks", "tokenise", "infer", "postprocess", "format", "write", "other")
@@ -37,7 +35,6 @@ def main() -> None:
     parser.add_argument("--results-dir", default="bench/results")
     args = parser.parse_args()
 
-    out = Path(args.results_dir) / args.name
     work = Path(args.export) / "serve-bench"
     work.mkdir(parents=True, exist_ok=True)
     examples, _ = data.load_examples([args.source], data.default_cache_dir(), 42, args.samples, "validation")
@@ -47,13 +44,14 @@ def main() -> None:
     rows = []
     for engine, variant in RUNS:
         model = Path(args.export) / ("onnx" if engine == "onnx" else "merged")
-        qa_engine = load_engine(model, engine, "cpu", variant)
-        answers = work / f"answers-{qa_engine.predictor.variant}.jsonl"
-        print(f"{qa_engine.predictor.variant}: {len(examples)} questions", flush=True)
+        qa_engine = load(model, engine=engine, device="cpu", variant=variant)
+        served = qa_engine.served().predictor.variant
+        answers = work / f"answers-{served}.jsonl"
+        print(f"{served}: {len(examples)} questions", flush=True)
         summary = serve_batch(qa_engine, str(questions), str(answers), progress=False)
         scores = score_answer_file(str(answers), references)
         forced = score_answer_file(str(answers), references, best_span=True)
-        rows.append({"engine": engine, "variant": qa_engine.predictor.variant, "provider": summary.provider,
+        rows.append({"engine": engine, "variant": served, "provider": summary.provider,
                      "lines": summary.lines, "errors": summary.errors, "no_answer": summary.no_answer,
                      "seconds": summary.seconds, "questions_per_second": summary.questions_per_second,
                      "exact": scores["exact"], "f1": scores["f1"], "forced_exact": forced["exact"],
@@ -67,15 +65,11 @@ def main() -> None:
         calibration = calibration_windows(tokenizer, qa, "squad-v1.1-train", 128, 42) if kind == "pipeline-ov-int8" else []
         peers[kind] = run_peer(kind, onnx_dir, Path(args.export) / "merged", examples, qa, default_threads(), calibration)
         print(json.dumps(peers[kind]), flush=True)
-    results = {"name": args.name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "source": args.source,
-               "questions": len(examples), "machine": machine_info(default_threads()),
-               "versions": package_versions(), "rows": rows, "peers": peers}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    results = {**stamp(args.name, default_threads()), "source": args.source, "questions": len(examples),
+               "rows": rows, "peers": peers}
     base = next(r for r in rows if r["engine"] == "torch")
     lines = [f"# serve-batch over {args.source} ({len(examples)} questions), {results['date']}", "",
-             f"Machine: {results['machine'].get('cpu', '')}, {results['machine']['threads']} threads, no GPU. "
-             "EM/F1 scored from each output file; 'forced' ignores the no-answer threshold (SQuAD v1.1 has "
+             machine_line(results) + " EM/F1 scored from each output file; 'forced' ignores the no-answer threshold (SQuAD v1.1 has "
              "only answerable questions).", "",
              "| engine | variant | q/s | × torch | no-answer lines | EM | F1 | forced EM | forced F1 |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -100,7 +94,7 @@ def main() -> None:
         share = {k: 100 * r["stage_seconds"].get(k, 0.0) / r["seconds"] for k in STAGES}
         lines.append(f"| {r['variant']} | " + " | ".join(f"{share[k]:.1f}" for k in STAGES)
                      + f" | {100 - share['infer']:.1f} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_results(args.results_dir, results, "\n".join(lines))
     print("\n".join(lines))
 
 

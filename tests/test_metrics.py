@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
 
-from toolkit.metrics import (best_null_threshold, best_over_references, f1_score, no_answer_auc, normalize_answer,
-                             position_metrics, squad_scores)
+from toolkit.metrics import (
+    best_null_threshold,
+    best_over_references,
+    f1_score,
+    no_answer_auc,
+    normalize_answer,
+    position_metrics,
+    squad_scores,
+)
 
 
 def test_normalisation_drops_case_punctuation_articles_and_spaces():

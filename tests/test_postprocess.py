@@ -8,8 +8,8 @@ CONTEXT = "Paris is the capital of France."
 OFFSETS = [None, None, None, (0, 5), (6, 8), (9, 12), (13, 20), (21, 23), (24, 30), (30, 31), None]
 
 
-def logits(peaks, n=len(OFFSETS), base=-5.0):
-    x = np.full(n, base)
+def logits(peaks, n=None, base=-5.0):
+    x = np.full(len(OFFSETS) if n is None else n, base)
     for i, v in peaks.items():
         x[i] = v
     return x
@@ -32,6 +32,17 @@ def test_end_before_start_and_too_long_spans_are_invalid():
     assert a.text in ("France", "Paris is the capital of France")
     a = answer_question(CONTEXT, [(start, end, OFFSETS)], max_answer_length=1)
     assert a.text in ("France", "Paris")
+
+
+def test_max_answer_length_bounds_the_span():
+    """The best pair spans 6 tokens ("Paris is the capital of France"); a limit of 2 tokens must pick the best
+    pair within it ("of France": 1.0 + 3.0 beats every other short pair), a limit of 1 a single token."""
+    start, end = logits({3: 4.0, 7: 1.0, 8: 0.5}), logits({8: 3.0, 3: -1.0})
+    assert answer_question(CONTEXT, [(start, end, OFFSETS)]).text == "Paris is the capital of France"
+    two = answer_question(CONTEXT, [(start, end, OFFSETS)], max_answer_length=2)
+    assert two.text == "of France" and two.score == pytest.approx(4.0)
+    one = answer_question(CONTEXT, [(start, end, OFFSETS)], max_answer_length=1)
+    assert one.text == "France" and one.score == pytest.approx(3.5)
 
 
 def test_question_tokens_are_never_answers():

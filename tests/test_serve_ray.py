@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from tests.test_serve import fixture_lines
+from tests.conftest import fixture_lines
 from toolkit.cli import main
 
 ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
@@ -56,8 +56,8 @@ def test_ray_output_is_byte_for_byte_the_single_process_output(exported_bert, tm
 
 
 def test_ray_resumes_an_interrupted_job(exported_bert, tmp_path):
-    from toolkit.engine import load_engine
-    from toolkit.serve import ServeConfig, job_identity, partial_paths
+    import toolkit
+    from toolkit.serving import ServeConfig, job_identity, partial_paths
 
     src, _ = mixed_file(tmp_path / "in.jsonl")
     common = ["--model", str(exported_bert / "onnx"), "--variant", "fp32", "--chunk-size", "4"]
@@ -67,7 +67,7 @@ def test_ray_resumes_an_interrupted_job(exported_bert, tmp_path):
     out = tmp_path / "ray.jsonl"
     partial, meta = partial_paths(str(out))
     partial.write_bytes(b"".join(whole[:9]) + whole[9][:10])
-    engine = load_engine(exported_bert / "onnx", variant="fp32", device="auto", threads=1)
+    engine = toolkit.load(exported_bert / "onnx", variant="fp32", threads=1)
     meta.write_text(json.dumps(job_identity(engine, str(src), ServeConfig(chunk_size=4))))
     result = serve(str(src), *common, "--ray", "--threads-per-worker", "1", "-o", str(out), "--resume",
                    "--summary-json", str(tmp_path / "s.json"))

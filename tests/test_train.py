@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from transformers import AlbertConfig, AlbertForQuestionAnswering, BertTokenizer
 
 from tests.conftest import TINY_TRAIN_FLAGS, run_train
-from toolkit import modeling
+from toolkit import modeling, runtime
 from toolkit.cli import main
 from toolkit.config import QAConfig
 
@@ -144,8 +144,8 @@ def test_trainer_eval_equals_the_engine_on_the_saved_weights(tiny_bert, files, t
     and the stored predictions must be what the serving engine computes from the saved adapter. With bf16
     autocast training (native on AVX512-BF16/AMX, emulated elsewhere) evaluation still runs in fp32, the
     precision the engine serves in."""
+    import toolkit
     from toolkit import data
-    from toolkit.engine import load_engine
     from toolkit.metrics import position_metrics, squad_scores
 
     cfg = tmp_path / "cfg.json"
@@ -158,7 +158,7 @@ def test_trainer_eval_equals_the_engine_on_the_saved_weights(tiny_bert, files, t
     assert manifest["precision"] == ("bf16" if bf16 == "on" else "fp32")
 
     examples, _ = data.load_examples([str(files[1])], data.default_cache_dir(), 42, None, "validation")
-    engine = load_engine(run / "adapter", engine="torch", device="cpu", batch_size=2)
+    engine = toolkit.load(run / "adapter", engine="torch", device="cpu", batch_size=2)
     features = engine.features([e.question for e in examples], [e.context for e in examples])
     answers, start, end = engine.run([e.context for e in examples], features)
     stored = json.loads((run / "reports" / "eval_predictions.json").read_text())
@@ -169,13 +169,13 @@ def test_trainer_eval_equals_the_engine_on_the_saved_weights(tiny_bert, files, t
     assert manifest["final_metrics"]["tuned"]["f1"] == pytest.approx(
         squad_scores({e.id: a.prediction for e, a in zip(examples, answers)}, refs)["f1"])
 
-    engine.qa.null_threshold = 0.0  # the table is scored at threshold 0
+    engine.with_threshold(0.0)  # the table is scored at threshold 0
     at_zero = engine.run([e.context for e in examples], features)[0]
     row = manifest["table"][-1]
     assert row["f1"] == pytest.approx(squad_scores({e.id: a.prediction for e, a in zip(examples, at_zero)}, refs)["f1"])
     width = max(len(s) for s in start)
     padded = [np.pad(x, (0, width - len(x)), constant_values=-100.0) for x in start]
-    labelled = build_labels(engine.tokenizer, examples, engine.qa)
+    labelled = build_labels(engine.tokenizer, examples, engine.served().qa)
     positions = position_metrics(np.stack(padded), np.stack([np.pad(x, (0, width - len(x)), constant_values=-100.0)
                                                              for x in end]), *labelled)
     assert row["start_acc"] == pytest.approx(positions["start_acc"])
@@ -184,7 +184,7 @@ def test_trainer_eval_equals_the_engine_on_the_saved_weights(tiny_bert, files, t
 
 def build_labels(tokenizer, examples, qa):
     from toolkit.features import build_features
-    from toolkit.train import first_answer
+    from toolkit.training.trainer import first_answer
 
     feats = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features(),
                            answers=[first_answer(e) for e in examples])
@@ -247,11 +247,11 @@ def test_all_linear_lora_targets_attention_and_feed_forward(tiny_bert, tiny_dist
 
 def test_bf16_setting(monkeypatch):
     from toolkit.config import TrainConfig
-    from toolkit.train import TrainError, precision
+    from toolkit.training import TrainError, precision
 
-    monkeypatch.setattr(modeling, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
     assert precision(TrainConfig(bf16="auto")) == "fp32" and precision(TrainConfig(bf16="on")) == "bf16"
-    monkeypatch.setattr(modeling, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512_bf16"})
     assert precision(TrainConfig(bf16="auto")) == "bf16" and precision(TrainConfig(bf16="off")) == "fp32"
     with pytest.raises(TrainError, match="auto, on or off"):
         precision(TrainConfig(bf16="yes"))

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from toolkit.config import DEFAULT_MODEL, TrainConfig
-from toolkit.engine import EngineError
-from toolkit.export import ExportError
+from toolkit.exporting import ExportError
+from toolkit.inference import EngineError
 
 USER_ERRORS = (ValueError, FileNotFoundError, EngineError, ExportError)  # DataError, ModelError, ... are ValueErrors
 
@@ -74,7 +74,7 @@ def main():
 @fail_clearly
 def train(config_file, resume, lora_targets, **flags):
     """Fine-tune an encoder for extractive QA (LoRA by default) and evaluate it."""
-    from toolkit.train import train as run
+    from toolkit.training import train as run
 
     cfg = TrainConfig.from_file(config_file) if config_file else TrainConfig()
     given = {k: v for k, v in flags.items() if v is not None and v != ()}
@@ -116,7 +116,7 @@ def export(merge, adapter, model, adapters, default_adapter, output_dir, variant
            eval_file, eval_samples, max_drop, overwrite):
     """Export a model to ONNX variants through Optimum and check each against PyTorch."""
     if adapters:
-        from toolkit.export import AdapterExportConfig, export_adapters
+        from toolkit.exporting import AdapterExportConfig, export_adapters
         from toolkit.modeling import parse_adapters
 
         if merge or adapter or model or not output_dir:
@@ -130,8 +130,8 @@ def export(merge, adapter, model, adapters, default_adapter, output_dir, variant
                                      "adapter_file_bytes")} for name, v in manifest["adapters"].items()},
             "graph_size_bytes": manifest["graph_size_bytes"], "wall_seconds": manifest["wall_seconds"]}, indent=2))
         return
-    from toolkit.export import ExportConfig
-    from toolkit.export import export as run
+    from toolkit.exporting import ExportConfig
+    from toolkit.exporting import export as run
 
     cfg = ExportConfig(adapter=adapter, model=model, output_dir=output_dir, merge=merge,
                        variants=[v.strip() for v in variants.split(",") if v.strip()],
@@ -191,43 +191,23 @@ def serve_batch(input_path, model, adapters, default_adapter, output, engine, de
     from dataclasses import asdict
 
     from toolkit.config import no_answer_threshold as parse_threshold
-    from toolkit.engine import load_engine, load_torch_adapters
+    from toolkit.inference import EngineSpec
     from toolkit.modeling import parse_adapters
-    from toolkit.serve import ServeConfig, check_paths
-    from toolkit.serve import serve_batch as run
+    from toolkit.serving import ServeConfig, serve_job
+    from toolkit.serving.ray_batch import RayConfig
 
-    if bool(model) == bool(adapters):
-        raise click.UsageError("pass either --model DIR or --adapters name=DIR,...")
-    if adapters and (engine == "onnx" or variant not in (None, "fp32")):
-        raise click.UsageError("--adapters runs the torch engine; for ONNX, serve an `export --adapters` directory "
-                               "with --model")
     if output is None:
         output = "-" if input_path == "-" else str(Path(input_path).with_suffix(".answers.jsonl"))
-    check_paths(input_path, output)
-    threshold = parse_threshold(no_answer_threshold)
+    spec = EngineSpec(model=model, adapters={k: str(v) for k, v in parse_adapters(adapters).items()} if adapters else None,
+                      engine=engine, device=device, variant=variant, default_adapter=default_adapter,
+                      batch_size=batch_size, max_batch_tokens=max_batch_tokens, threads=threads,
+                      no_answer_threshold=parse_threshold(no_answer_threshold))
     cfg = ServeConfig(chunk_size=chunk_size, max_line_bytes=max_line_bytes, max_context_tokens=max_context_tokens,
                       resume=resume)
-    if ray_address:
-        from toolkit.serve_ray import RayConfig, serve_batch_ray
-
-        common = {"device": device, "batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
-                  "threads": threads_per_worker, "no_answer_threshold": threshold}
-        engine_args = ({"adapters": {k: str(v) for k, v in parse_adapters(adapters).items()},
-                        "default": default_adapter, **common} if adapters else
-                       {"model_dir": model, "engine": engine, "variant": variant, "default_adapter": default_adapter,
-                        **common})
-        ray_cfg = RayConfig(address=ray_address, workers=workers, threads_per_worker=threads_per_worker,
-                            gpus_per_worker=1.0 if device == "cuda" else 0.0, engine_args=engine_args)
-        summary = asdict(serve_batch_ray(input_path, output, cfg, ray_cfg))
-    else:
-        if adapters:
-            qa_engine = load_torch_adapters(parse_adapters(adapters), device, default_adapter, batch_size,
-                                            max_batch_tokens, threads, threshold)
-        else:
-            qa_engine = load_engine(model, engine, device, variant, batch_size, max_batch_tokens, threads,
-                                    default_adapter, threshold)
-        click.echo(f"engine: {qa_engine.predictor.variant} on {qa_engine.predictor.provider}", err=True)
-        summary = asdict(run(qa_engine, input_path, output, cfg))
+    ray = None if ray_address is None else RayConfig(
+        address=ray_address, workers=workers, threads_per_worker=threads_per_worker,
+        gpus_per_worker=1.0 if device == "cuda" else 0.0)
+    summary = asdict(serve_job(spec, input_path, output, cfg, ray, log=lambda m: click.echo(m, err=True)))
     click.echo(json.dumps(summary), err=True)
     if summary_json:
         Path(summary_json).write_text(json.dumps(summary, indent=2) + "\n")
@@ -263,10 +243,10 @@ def serve_batch(input_path, model, adapters, default_adapter, output, engine, de
 def bench(model, eval_file, variants, batch_sizes, seq_lens, eval_samples, latency_batches, threads, peers, calibration_file, name,
           results_dir, train_mode, train_modes, steps, batch_size):
     """Benchmark PyTorch against ONNX Runtime: latency, throughput, memory, size and EM/F1, side by side."""
-    from toolkit.bench import BenchConfig, run_bench
+    from toolkit.bench.inference import BenchConfig, run_bench
 
     if train_mode:
-        from toolkit.bench_train import TRAIN_MODES, TrainBenchConfig, run_train_bench
+        from toolkit.bench.training import TRAIN_MODES, TrainBenchConfig, run_train_bench
 
         cfg = TrainBenchConfig(model=model or DEFAULT_MODEL, eval_file=eval_file or "squad-v1.1-train",
                                name=name if name != "latest" else "train-latest", results_dir=results_dir,

@@ -1,6 +1,6 @@
-"""Base models, LoRA targets per architecture, adapters and merging; model FLOPs and this machine's matmul rate."""
+"""Base models and tokenizers (local, offline default, or hub), LoRA targets per architecture, and adapters:
+new, continued, loaded one or several onto one base."""
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,36 +72,6 @@ def load_base(spec: str, seed: int = 42, head_from_adapter: bool = False):
         return _load(AutoModelForQuestionAnswering.from_pretrained, spec, "model", config=config)
     finally:
         hf_logging.set_verbosity(verbosity)
-
-
-def encoder_flops(config, seq_len: int) -> float:
-    """Multiply-add FLOPs (x2) of one window through the encoder and QA head (embeddings excluded)."""
-    h = getattr(config, "hidden_size", None) or config.dim
-    inner = getattr(config, "intermediate_size", None) or config.hidden_dim
-    layers = getattr(config, "num_hidden_layers", None) or config.n_layers
-    per_layer = 2 * seq_len * (4 * h * h + 2 * h * inner) + 2 * 2 * seq_len * seq_len * h
-    return layers * per_layer + 2 * seq_len * h * 2
-
-
-def matmul_flops_per_second(threads: int, n: int = 1024, repeats: int = 10, dtype=torch.float32) -> float:
-    """This machine's dense matmul rate through torch at dtype, fp32 by default (best of several runs)."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
-
-
-def cpu_flags() -> set[str]:
-    """This CPU's feature flags (avx512_vnni, avx512_bf16, amx_bf16, ...); empty where unknown."""
-    try:
-        return set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return set()
 
 
 def encoder_linear_layers(linear: list[str]) -> list[str]:

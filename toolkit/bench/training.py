@@ -5,7 +5,6 @@ Every mode runs in a fresh process on the same fixed batch of training windows, 
 allocations, compiled graphs or thread state never reach another's.
 """
 
-import json
 import statistics
 import sys
 import time
@@ -13,11 +12,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from toolkit import data as data_mod
-from toolkit.bench import percentile, in_fresh_process, machine_info
+from toolkit.bench.inference import in_fresh_process, percentile
+from toolkit.bench.results import machine_line, stamp, write_results
 from toolkit.config import TrainConfig
-from toolkit.engine import default_threads, pad_batch
-from toolkit.modeling import cpu_flags
-from toolkit.train import first_answer, package_versions, peak_rss_mb
+from toolkit.inference.batching import batches, pad_batch
+from toolkit.runtime import default_threads, native_bf16, peak_rss_mb
+from toolkit.training.trainer import first_answer
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def _train_probe(args: tuple) -> dict:
     optimizer = torch.optim.AdamW(trainable, lr=1e-5, **options)
     forward = torch.compile(model) if mode.compile else model
     times = []
-    for step in range(cfg.warmup_steps + cfg.steps):
+    for _step in range(cfg.warmup_steps + cfg.steps):
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.bf16):
             loss = forward(**batch).loss
@@ -124,7 +124,6 @@ def _eval_probe(cfg: TrainBenchConfig) -> dict:
     import torch
 
     from toolkit import modeling
-    from toolkit.engine import batches
 
     torch.set_num_threads(cfg.threads)
     tokenizer = modeling.load_tokenizer(cfg.model)
@@ -151,24 +150,19 @@ def run_train_bench(cfg: TrainBenchConfig, log=lambda m: print(m, file=sys.stder
         raise ValueError(f"unknown training mode(s) {unknown}; known: {list(TRAIN_MODES)}")
     cfg.threads = cfg.threads or default_threads()
     modes = {}
-    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
     for name in cfg.modes:
-        if TRAIN_MODES[name].bf16 and not native_bf16:
+        if TRAIN_MODES[name].bf16 and not native_bf16():
             modes[name] = {"skipped": "no native bf16 on this CPU (AVX512-BF16 or AMX): its bf16 matmuls are emulated"}
             continue
         log(f"{name}: {cfg.warmup_steps} warm-up + {cfg.steps} timed steps, batch {cfg.batch_size}")
         modes[name] = in_fresh_process(_train_probe, (name, cfg))
     log(f"eval pass at batch sizes {list(cfg.eval_batch_sizes)}")
     evals = in_fresh_process(_eval_probe, cfg)
-    results = {"name": cfg.name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "config": asdict(cfg),
-               "machine": machine_info(cfg.threads), "versions": package_versions(), "modes": modes, "eval": evals}
+    results = {**stamp(cfg.name, cfg.threads), "config": asdict(cfg), "modes": modes, "eval": evals}
     if "seconds_per_step" in modes.get("lora", {}):
         results["x_lora"] = {name: r["seconds_per_step"] / modes["lora"]["seconds_per_step"]
                              for name, r in modes.items() if "seconds_per_step" in r}
-    out = Path(cfg.results_dir) / cfg.name
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(results))
+    out = write_results(cfg.results_dir, results, markdown(results))
     log(f"results in {out}")
     return results
 
@@ -177,7 +171,7 @@ def markdown(results: dict) -> str:
     cfg, modes = results["config"], results["modes"]
     shape = next((r["batch_shape"] for r in modes.values() if "batch_shape" in r), None)
     lines = [f"# Training step and eval pass (`{cfg['model']}`)", "",
-             f"Machine: {results['machine'].get('cpu', '')}, {cfg['threads']} threads. Same batch {shape} "
+             machine_line(results) + f" Same batch {shape} "
              f"(batch x tokens) for every mode, {cfg['steps']} timed steps after {cfg['warmup_steps']} warm-up "
              "(compiling included there), each mode in a fresh process. lora = the shipped recipe (r32/a64, every "
              "linear layer); seed-lora = r16/a32 on the attention projections.", "",

@@ -12,7 +12,9 @@ import numpy as np
 
 from toolkit import data as data_mod
 from toolkit.config import QAConfig
-from toolkit.engine import ONNX_FILES, TOKEN_INPUTS
+from toolkit.features import MODEL_INPUTS, build_features
+from toolkit.inference import ONNX_FILES
+from toolkit.inference.batching import pad_batch
 from toolkit.metrics import squad_scores
 
 PEERS = ("pipeline-torch", "pipeline-ort", "pipeline-ov-fp32", "pipeline-ov-int8")
@@ -74,13 +76,11 @@ def load_peer(kind: str, onnx_dir: Path, torch_dir: Path, threads: int,
     raise PeerUnavailable(f"unknown peer '{kind}'; choose from {list(PEERS)}")
 
 
-def calibration_windows(tokenizer, qa: QAConfig, spec: str, samples: int, seed: int) -> list[dict[str, np.ndarray]]:
+def calibration_windows(tokenizer, qa: QAConfig, spec: str, samples: int | None, seed: int) -> list[dict[str, np.ndarray]]:
     """Training windows (never the eval set), one per batch at its own length, for int8 calibration."""
-    from toolkit.engine import QAEngine, pad_batch
-
     examples, _ = data_mod.load_examples([spec], data_mod.default_cache_dir(), seed, samples, "train")
-    features = QAEngine(None, tokenizer, qa).features([e.question for e in examples], [e.context for e in examples])
-    return [{k: v for k, v in pad_batch(features, [i], tokenizer.pad_token_id).items() if k in TOKEN_INPUTS}
+    features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
+    return [{k: v for k, v in pad_batch(features, [i], tokenizer.pad_token_id).items() if k in MODEL_INPUTS}
             for i in range(len(features))]
 
 

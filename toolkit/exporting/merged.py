@@ -1,0 +1,161 @@
+"""Adapter -> merged model -> ONNX variants through Optimum, each checked against PyTorch.
+
+The export is built in a hidden sibling directory and renamed into place only when complete, so a failed
+export never leaves a directory that looks finished.
+"""
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolkit import modeling
+from toolkit.config import QAConfig
+from toolkit.exporting.common import ExportError, building, max_diff, parity_examples
+from toolkit.exporting.parity import describe, fastest, gate, parity, reference_run
+from toolkit.exporting.variants import build_variants
+from toolkit.features import build_features
+from toolkit.inference import ONNX_FILES, BatchSettings, Engine, OrtPredictor, TorchPredictor
+
+CPU_CANDIDATES = ("fp32", "opt", "int8", "int8-u8")
+CUDA_PREFERENCE = ("fp16", "opt", "fp32")
+
+
+@dataclass
+class ExportConfig:
+    adapter: str | None = None  # with merge: the training run's adapter directory
+    model: str | None = None  # without merge: a merged/full model directory or hub name
+    output_dir: str | None = None  # default: <run>/export beside the adapter
+    merge: bool = True
+    variants: list[str] = field(default_factory=lambda: ["fp32", "opt", "int8", "int8-u8", "fp16"])
+    optimization_level: int = 2  # O2 fuses attention/LayerNorm/GELU exactly; O3 approximates GELU
+    eval_file: str | None = None  # parity set; default: the eval set of the training run
+    eval_samples: int | None = 2000
+    max_drop: float = 1.0  # points of EM or F1 (with the threshold, or best span alone) a variant may lose vs PyTorch
+    merge_tolerance: float = 1e-3  # max |merged - unmerged| logit difference
+    overwrite: bool = False
+    seed: int = 42
+    cache_dir: str | None = None
+
+    def check(self) -> Path:
+        """The output directory, once every setting is known to be usable."""
+        unknown = set(self.variants) - set(ONNX_FILES)
+        if unknown or "fp32" not in self.variants:
+            raise ExportError(f"variants must include fp32 and come from {list(ONNX_FILES)}; got {self.variants}")
+        if self.merge:
+            if not self.adapter:
+                raise ExportError("--merge needs --adapter DIR (a training run's adapter directory)")
+            if not Path(self.adapter).is_dir():
+                raise ExportError(f"adapter directory not found: {self.adapter}")
+        elif not self.model:
+            raise ExportError("without --merge, pass --model (a merged or fully fine-tuned model directory or hub name)")
+        elif Path(self.model).is_dir() and modeling.is_adapter_dir(self.model):
+            raise ExportError(f"{self.model} is an adapter directory: use --merge --adapter {self.model}")
+        out = Path(self.output_dir or Path(self.adapter or self.model).parent / "export")
+        if out.exists() and not self.overwrite:
+            raise ExportError(f"output dir {out} exists; pass --overwrite to replace it")
+        return out
+
+
+def _manifest_of(directory: str | Path) -> dict:
+    path = Path(directory) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def source_model(cfg: ExportConfig):
+    """(torch model, tokenizer, QAConfig, training manifest or {}); a PEFT model when merging."""
+    if cfg.merge:
+        peft_model, tokenizer, qa = modeling.load_adapter(cfg.adapter)
+        return peft_model, tokenizer, qa, _manifest_of(cfg.adapter)
+    if Path(cfg.model).is_dir() and (Path(cfg.model) / "qa_config.json").exists():
+        model, tokenizer, qa = modeling.load_for_inference(cfg.model)
+    else:
+        model, tokenizer = modeling.load_base(cfg.model).eval(), modeling.load_tokenizer(cfg.model)
+        qa = QAConfig(base_model=cfg.model, model_type=model.config.model_type)
+    return model, tokenizer, qa, _manifest_of(cfg.model) if Path(cfg.model).is_dir() else {}
+
+
+def merge_checked(model, tokenizer, qa, examples, features, cfg: ExportConfig, work: Path, log):
+    """The merged model, saved under work/merged, after checking it answers like the adapter model."""
+    contexts = [e.context for e in examples]
+    before = Engine.single(TorchPredictor(model), tokenizer, qa).run(contexts, features)
+    model = model.merge_and_unload()
+    after = Engine.single(TorchPredictor(model), tokenizer, qa).run(contexts, features)
+    diff = max(max_diff(before[1], after[1]), max_diff(before[2], after[2]))
+    log(f"merge: max |merged - unmerged| logit = {diff:.2e}")
+    if diff > cfg.merge_tolerance:
+        raise ExportError(f"merged model differs from adapter model by {diff:.2e} "
+                          f"(> tolerance {cfg.merge_tolerance}); not exporting")
+    merged_dir = work / "merged"
+    model.save_pretrained(merged_dir)
+    tokenizer.save_pretrained(merged_dir)
+    qa.save(merged_dir)
+    return model, diff
+
+
+def to_onnx(model, tokenizer, cfg: ExportConfig, onnx_dir: Path, log) -> dict[str, str]:
+    """model.onnx through Optimum and the variants built from it; returns the variants skipped, with why."""
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    log("exporting to ONNX (optimum, task question-answering, dynamic batch/sequence axes)")
+    onnx_export_from_model(model, onnx_dir, task="question-answering", do_validation=False)
+    tokenizer.save_pretrained(onnx_dir)
+    return build_variants(cfg.variants, onnx_dir, cfg.optimization_level, log)
+
+
+def check_variants(cfg: ExportConfig, onnx_dir: Path, skipped: dict, reference: dict, tokenizer, qa,
+                   examples, features, log) -> dict:
+    """Every variant's parity result against PyTorch, gated."""
+    variants = {}
+    for name in cfg.variants:
+        if name in skipped:
+            variants[name] = {"file": None, "passed": False, "reason": skipped[name]}
+            continue
+        predictor = OrtPredictor(onnx_dir / ONNX_FILES[name], "cuda" if name == "fp16" else "cpu", variant=name)
+        result = parity(reference, Engine.single(predictor, tokenizer, qa), examples, features)
+        result.update(file=ONNX_FILES[name], size_bytes=(onnx_dir / ONNX_FILES[name]).stat().st_size,
+                      provider=predictor.provider)
+        reason = gate(result, cfg.max_drop)
+        result["passed"] = reason is None
+        if reason:
+            result["reason"] = reason
+        log(describe(name, result))
+        variants[name] = result
+    if not variants["fp32"]["passed"]:
+        raise ExportError(f"the plain fp32 ONNX model does not match PyTorch: {variants['fp32']}")
+    return variants
+
+
+def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
+    """Run the export; returns the export manifest (also saved as export_manifest.json)."""
+    started = time.time()
+    out = cfg.check()
+    model, tokenizer, qa, train_manifest = source_model(cfg)
+    spec, examples = parity_examples(cfg.eval_file, train_manifest, cfg.eval_samples, cfg.seed, cfg.cache_dir)
+    features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
+    log(f"parity set: {len(examples)} questions ({spec}) -> {len(features)} windows")
+    manifest = {"source": cfg.adapter if cfg.merge else cfg.model, "config": dataclasses.asdict(cfg),
+                "parity_set": {"spec": spec, "questions": len(examples), "windows": len(features)}}
+    with building(out) as work:
+        if cfg.merge:
+            model, manifest["merge_max_abs_logit_diff"] = merge_checked(model, tokenizer, qa, examples, features,
+                                                                        cfg, work, log)
+        reference = reference_run(Engine.single(TorchPredictor(model), tokenizer, qa, BatchSettings()),
+                                  examples, features)
+        manifest["torch"] = {**reference["scores"], "forced_exact": reference["forced"]["exact"],
+                             "forced_f1": reference["forced"]["f1"]}
+        onnx_dir = work / "onnx"
+        built = time.perf_counter()
+        skipped = to_onnx(model, tokenizer, cfg, onnx_dir, log)
+        manifest["onnx_build_seconds"] = time.perf_counter() - built
+        variants = check_variants(cfg, onnx_dir, skipped, reference, tokenizer, qa, examples, features, log)
+        qa.default_variant = {"cpu": fastest(variants, CPU_CANDIDATES),
+                              "cuda": next(v for v in CUDA_PREFERENCE if variants.get(v, {}).get("passed"))}
+        qa.save(onnx_dir)
+        manifest.update(variants=variants, default_variant=qa.default_variant, wall_seconds=time.time() - started)
+        (work / "export_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        shutil.copy(work / "export_manifest.json", onnx_dir / "export_manifest.json")
+    return manifest

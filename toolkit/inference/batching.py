@@ -1,0 +1,81 @@
+"""Windows -> padded batches bucketed by length, within a row and token budget; stage timing."""
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from toolkit.features import Features
+from toolkit.inference.predictors import Predictor
+
+
+@dataclass
+class Stopwatch:
+    """Seconds spent per named stage, summed over calls: ``with watch("infer"): ...``; and the windows inferred."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    windows: int = 0
+
+    @contextmanager
+    def __call__(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+
+    def add(self, other: dict[str, float]) -> None:
+        for stage, seconds in other.items():
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+
+@dataclass
+class BatchSettings:
+    batch_size: int = 8
+    max_batch_tokens: int = 4096
+    pad_to: int | None = None  # pad every batch to this length (benchmarks); None = per batch
+
+    @classmethod
+    def for_device(cls, device: str, batch_size: int | None = None, max_batch_tokens: int | None = None):
+        """Defaults that measured best: small batches on CPU (attention memory traffic), large on CUDA."""
+        default = cls(64, 32768) if device == "cuda" else cls(8, 4096)
+        return cls(batch_size or default.batch_size, max_batch_tokens or default.max_batch_tokens)
+
+
+def batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Indices grouped by similar length: at most batch_size rows and max_batch_tokens padded tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    out, current = [], []
+    for i in order:
+        longest = max(lengths[i], max((lengths[j] for j in current), default=0))
+        if current and (len(current) + 1 > batch_size or longest * (len(current) + 1) > max_batch_tokens):
+            out.append(current)
+            current = []
+        current.append(i)
+    if current:
+        out.append(current)
+    return out
+
+
+def pad_batch(features: Features, rows: list[int], pad_id: int, pad_to: int | None = None) -> dict[str, np.ndarray]:
+    width = pad_to or max(len(features.inputs["input_ids"][i]) for i in rows)
+    out = {}
+    for name, values in features.inputs.items():
+        fill = pad_id if name == "input_ids" else 0
+        array = np.full((len(rows), width), fill, dtype=np.int64)
+        for r, i in enumerate(rows):
+            array[r, :len(values[i])] = values[i]
+        out[name] = array
+    return out
+
+
+def feature_logits(predictor: Predictor, features: Features, pad_id: int, settings: BatchSettings):
+    """Start/end logits of every feature, each cut to its own length, in feature order."""
+    lengths = [len(ids) for ids in features.inputs["input_ids"]]
+    start: list = [None] * len(features)
+    end: list = [None] * len(features)
+    for rows in batches(lengths, settings.batch_size, settings.max_batch_tokens):
+        s, e = predictor.logits(pad_batch(features, rows, pad_id, settings.pad_to))
+        for r, i in enumerate(rows):
+            start[i], end[i] = s[r, :lengths[i]], e[r, :lengths[i]]
+    return start, end
