@@ -99,6 +99,13 @@ def _save_tiny(directory: Path, model, tokenizer, qa_config=None) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tokenizer(vocab_file):
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast(vocab_file=vocab_file)
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory, vocab_file) -> Path:
     import torch
     from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast

@@ -1,17 +1,11 @@
 import json
 
 import pytest
-from transformers import BertTokenizerFast
 
 from toolkit import data
 from toolkit.features import FeatureConfig, build_features, check_config, question_lengths
 
 SMALL = FeatureConfig(max_length=48, doc_stride=12, max_question_tokens=16)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(vocab_file):
-    return BertTokenizerFast(vocab_file=vocab_file)
 
 
 @pytest.fixture

@@ -214,6 +214,79 @@ def serve_batch(input_path, model, adapters, default_adapter, output, engine, de
 
 
 @main.command()
+@click.option("--model", type=click.Path(),
+              help="An export's onnx/ directory (an `export --adapters` one serves each of its adapters) or an "
+                   "adapter/merged model directory (torch engine).")
+@click.option("--adapters", help="Torch engine, instead of --model: several adapters on one base, name=DIR,...")
+@click.option("--default-adapter", help="The adapter for requests that name none. Default: the first.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: every one).")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--engine", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--variant", help="Default: the export's choice for the device when its answers cannot depend on a "
+                                "request's batch-mates, else the fastest gated variant whose answers cannot (not int8).")
+@click.option("--threads", type=int, help="Intra-op threads. Default: physical cores.")
+@click.option("--batch-size", type=int, help="Most windows per forward pass. Default: 8 on CPU, 64 on CUDA.")
+@click.option("--max-batch-tokens", type=int, help="Most padded tokens per forward pass. Default: 4096 on CPU.")
+@click.option("--max-batch-questions", type=int, default=32, show_default=True,
+              help="Most questions the dynamic batcher answers in one engine call.")
+@click.option("--max-wait-ms", type=float, default=2.0, show_default=True,
+              help="How long a batch that is not full waits for more requests.")
+@click.option("--max-queue", type=int, default=256, show_default=True,
+              help="Most questions waiting; more gets 503 with Retry-After.")
+@click.option("--timeout", "request_timeout_s", type=float, default=30.0, show_default=True,
+              help="Seconds a request may wait for its answer; then 504.")
+@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True, help="Larger bodies get 413.")
+@click.option("--max-context-tokens", type=int, default=4096, show_default=True,
+              help="A longer context gets 422 (questions: the model's max_question_tokens).")
+@click.option("--no-answer-threshold", default="tuned", show_default=True,
+              help="tuned, never (always the best span) or a number; a request's handle_impossible_answer wins.")
+@click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False),
+              help="Every route but /health needs 'Authorization: Bearer <the file's first line>'. "
+                   "Or set QA_TOOLKIT_API_KEY.")
+@click.option("--cors-origin", "cors_origins", multiple=True, help="Allow browser calls from this origin (repeatable).")
+@click.option("--ray-serve", "ray_address", is_flag=False, flag_value="auto", default=None,
+              help="Serve the same app as a Ray Serve deployment (extra 'ray'): --ray-serve alone joins the running "
+                   "cluster or starts a local one; --ray-serve ADDRESS joins that cluster.")
+@click.option("--replicas", type=int, default=2, show_default=True, help="With --ray-serve: replicas, one engine each.")
+@click.option("--threads-per-replica", type=int, default=1, show_default=True,
+              help="With --ray-serve: intra-op threads (and CPUs reserved) per replica.")
+@fail_clearly
+def serve(model, adapters, default_adapter, host, port, engine, device, variant, threads, batch_size,
+          max_batch_tokens, max_batch_questions, max_wait_ms, max_queue, request_timeout_s, max_body_bytes,
+          max_context_tokens, no_answer_threshold, api_key_file, cors_origins, ray_address, replicas,
+          threads_per_replica):
+    """Answer questions over HTTP (Hugging Face question-answering API), with dynamic batching."""
+    import os
+
+    from toolkit.config import no_answer_threshold as parse_threshold
+    from toolkit.inference import EngineSpec
+    from toolkit.modeling import parse_adapters
+    from toolkit.serving.batcher import BatcherConfig
+    from toolkit.serving.server import ServerConfig
+    from toolkit.serving.server import serve as run
+
+    spec = EngineSpec(model=model, adapters={k: str(v) for k, v in parse_adapters(adapters).items()} if adapters else None,
+                      engine=engine, device=device, variant=variant, default_adapter=default_adapter,
+                      batch_size=batch_size, max_batch_tokens=max_batch_tokens, threads=threads,
+                      no_answer_threshold=parse_threshold(no_answer_threshold))
+    key = Path(api_key_file).read_text().strip().splitlines()[0] if api_key_file else os.environ.get("QA_TOOLKIT_API_KEY")
+    if api_key_file and not key:
+        raise click.UsageError(f"--api-key-file {api_key_file} is empty")
+    cfg = ServerConfig(max_body_bytes=max_body_bytes, request_timeout_s=request_timeout_s, api_key=key or None,
+                       cors_origins=tuple(cors_origins),
+                       batcher=BatcherConfig(max_batch_questions=max_batch_questions, max_wait_ms=max_wait_ms,
+                                             max_queue=max_queue, max_context_tokens=max_context_tokens))
+    click.echo(f"serving on http://{host}:{port} ({'API key required' if cfg.api_key else 'no API key'})", err=True)
+    if ray_address is None:
+        run(spec, cfg, host, port)
+        return
+    from toolkit.serving.ray_serve import RayServeConfig, serve_until_stopped
+
+    serve_until_stopped(spec, cfg, RayServeConfig(ray_address, replicas, threads_per_replica), host, port)
+
+
+@main.command()
 @click.option("--model", help="Export directory (merged/ + onnx/) or its onnx/ dir; with --train: a base model.")
 @click.option("--eval-file", help="Questions to time and score (same forms as train). With --train: batch source.")
 @click.option("--variants", default="torch,onnx-fp32,onnx-opt,onnx-int8,onnx-int8-u8,onnx-fp16", show_default=True,

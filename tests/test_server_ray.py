@@ -1,0 +1,49 @@
+"""qa-toolkit serve --ray-serve (extra 'ray'): the same app as a Ray Serve deployment with 2 replicas on a local
+Ray instance answers as the single-process server does."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import fixture_lines
+from tests.test_server import free_port
+from toolkit import load
+from toolkit.inference import EngineSpec
+from toolkit.serving.server import ServerConfig, create_app
+
+ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
+serve = pytest.importorskip("ray.serve", reason="the 'ray' extra is not installed")
+
+
+def test_two_replicas_answer_like_the_single_process_server(exported_bert):
+    from toolkit.serving.ray_serve import RayServeConfig, start
+
+    inputs = [{"question": r["question"], "context": r["context"]} for r in fixture_lines()]
+    with TestClient(create_app(load(exported_bert / "onnx", variant="fp32", device="cpu"), ServerConfig())) as client:
+        expected = client.post("/", json={"inputs": inputs}).json()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    try:
+        port = free_port()
+        start(EngineSpec(model=str(exported_bert / "onnx"), variant="fp32"), ServerConfig(),
+              RayServeConfig(replicas=2, threads_per_replica=1), "127.0.0.1", port)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while httpx.get(f"{url}/ready", timeout=10).status_code != 200 and time.time() < deadline:
+            time.sleep(0.5)
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda _: httpx.post(url, json={"inputs": inputs}, timeout=60), range(8)))
+        assert all(r.status_code == 200 for r in got)
+        for response in got:
+            assert [(a["answer"], a["start"], a["end"], a["no_answer"], a["best_span"]) for a in response.json()] == \
+                   [(a["answer"], a["start"], a["end"], a["no_answer"], a["best_span"]) for a in expected]
+        replicas = serve.status().applications["qa-toolkit"].deployments["qa-toolkit"].replica_states
+        assert replicas.get("RUNNING") == 2
+        missing = httpx.post(f"{url}/adapters/x", json={"inputs": inputs[0]}, timeout=30)
+        assert missing.status_code == 404 and "serves no adapters" in missing.json()["error"]
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,313 @@
+"""`qa-toolkit serve`: the engine behind HTTP, compatible with Hugging Face's question-answering task.
+
+    POST /                  {"inputs": {"question", "context"} or a list of them, "parameters": {...}}
+    POST /adapters/{name}   the same, answered by that adapter (or "parameters": {"adapter": name})
+    GET  /adapters          the adapters served, with their no-answer thresholds
+    GET  /health /ready /metrics, and GET / (a page to try the model)
+
+Each answer is Hugging Face's {"answer", "score", "start", "end"} plus ours: start/end confidences of the best
+span, no_answer and no_answer_probability, null_score_diff, the best span and its offsets, the adapter.
+Requests are checked as serve-batch checks its lines (same bounds), queued to the dynamic batcher and
+answered off the event loop; errors are JSON {"error": ...} naming the problem, never a traceback.
+"""
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import logging
+import signal
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from toolkit.inference import Engine, EngineSpec
+from toolkit.postprocess import Answer
+from toolkit.serving.batcher import Batcher, BatcherConfig, QueueFull
+from toolkit.serving.metrics import ServerMetrics
+from toolkit.serving.requests import Query, query_from_record
+
+PAGE = Path(__file__).with_name("static") / "page.html"
+HF_PARAMETERS = {"handle_impossible_answer", "top_k", "doc_stride", "max_answer_len", "max_seq_len",
+                 "max_question_len", "align_to_words"}  # accepted; windows and lengths are the model's own
+OPEN_ROUTES = {"/health"}
+
+
+@dataclass
+class ServerConfig:
+    max_body_bytes: int = 1 << 20  # serve-batch's --max-line-bytes
+    max_inputs: int = 64  # questions in one request
+    request_timeout_s: float = 30.0
+    api_key: str | None = None  # every route but /health needs "Authorization: Bearer <key>"
+    cors_origins: tuple[str, ...] = ()
+    batcher: BatcherConfig = field(default_factory=BatcherConfig)
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def hf_answer(q: Query, a: Answer, adapter: str | None) -> dict:
+    """Hugging Face's answer fields (score: the span's start x end probability; "" at 0..0 with the no-answer
+    probability as score when there is no answer, as the transformers pipeline does) and ours."""
+    span = a.start is not None
+    return {"answer": "" if a.no_answer else a.text, "score": a.no_answer_probability if a.no_answer
+            else a.start_confidence * a.end_confidence, "start": 0 if a.no_answer else a.start,
+            "end": 0 if a.no_answer else a.end, "start_confidence": a.start_confidence,
+            "end_confidence": a.end_confidence, "no_answer": a.no_answer,
+            "no_answer_probability": a.no_answer_probability,
+            "null_score_diff": a.null_score_diff if span else None, "best_span": a.text if span else None,
+            "best_span_start": a.start, "best_span_end": a.end, **({"adapter": adapter} if adapter else {})}
+
+
+def parse_body(raw: bytes, max_inputs: int, path_adapter: str | None) -> tuple[list[Query], float | None, bool]:
+    """(queries, threshold override, whether a list was sent) from a request body, or a RequestError naming
+    the field: 400 for what is not JSON, 422 for JSON of the wrong shape."""
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise RequestError(400, f"invalid UTF-8 at byte {e.start}") from None
+    except json.JSONDecodeError as e:
+        raise RequestError(400, f"malformed JSON: {e.msg} at column {e.colno}") from None
+    if not isinstance(body, dict) or "inputs" not in body:
+        raise RequestError(422, "expected a JSON object with 'inputs': {'question', 'context'} or a list of them")
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise RequestError(422, f"field 'parameters' must be an object, got {type(parameters).__name__}")
+    unknown = set(parameters) - HF_PARAMETERS - {"adapter"}
+    if unknown:
+        raise RequestError(422, f"unknown parameter(s) {sorted(unknown)}; known: {sorted(HF_PARAMETERS | {'adapter'})}")
+    if parameters.get("top_k", 1) != 1:
+        raise RequestError(422, "parameter 'top_k': only the best answer (top_k 1) is served")
+    impossible = parameters.get("handle_impossible_answer")
+    if impossible is not None and not isinstance(impossible, bool):
+        raise RequestError(422, "parameter 'handle_impossible_answer' must be true or false")
+    adapter = parameters.get("adapter", path_adapter)
+    if adapter is not None and not isinstance(adapter, str):
+        raise RequestError(422, "parameter 'adapter' must be a string")
+    listed = isinstance(body["inputs"], list)
+    inputs = body["inputs"] if listed else [body["inputs"]]
+    if not inputs or len(inputs) > max_inputs:
+        raise RequestError(422 if not inputs else 413, f"'inputs' must hold 1 to {max_inputs} questions, got {len(inputs)}")
+    queries = []
+    for i, record in enumerate(inputs):
+        q = query_from_record(record, i)
+        if q.error:
+            raise RequestError(422, f"inputs[{i}]: {q.error}" if listed else f"inputs: {q.error}")
+        q.adapter = q.adapter or adapter
+        queries.append(q)
+    return queries, None if impossible is None else (None if impossible else float("inf")), listed
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is longer than limit (never read whole into memory)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"body of {declared} bytes is over the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"body over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def error_status(q: Query) -> int:
+    if q.error.startswith("unknown adapter"):
+        return 404
+    return 422  # question or context over its token limit
+
+
+def create_app(engine: Engine, cfg: ServerConfig, log: logging.Logger | None = None) -> FastAPI:
+    """The ASGI app over one engine; the batcher starts (and the engine is warmed) when the app starts."""
+    log = log or logging.getLogger("qa-toolkit.serve")
+    metrics = ServerMetrics(engine)
+    batcher = Batcher(engine, cfg.batcher, metrics.observe_batch)
+    state = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        for name in engine.adapters or [None]:  # warm every model: the first call pays for allocations
+            await batcher.submit([Query(0, "warm-up", "What is warm?", "Warm-up text.", name)])
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        await batcher.stop()
+
+    app = FastAPI(title="qa-toolkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    if cfg.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        started = time.perf_counter()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id
+        request.state.log = {}
+        if cfg.api_key and request.url.path not in OPEN_ROUTES and request.method != "OPTIONS" \
+                and not authorised(request, cfg.api_key):
+            response = JSONResponse({"error": "missing or wrong API key: send Authorization: Bearer <key>"}, 401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+        else:
+            try:
+                response = await call_next(request)
+            except Exception:  # noqa: BLE001 - never a traceback to the client; logged here
+                log.exception("request %s failed", request_id)
+                response = JSONResponse({"error": "internal error; see the server log", "request_id": request_id}, 500)
+        seconds = time.perf_counter() - started
+        response.headers["X-Request-ID"] = request_id
+        metrics.observe_request(request.url.path, response.status_code, seconds, request.state.log.get("adapter"))
+        log.info(json.dumps({"request_id": request_id, "method": request.method, "path": request.url.path,
+                             "status": response.status_code, "ms": round(1000 * seconds, 2), **request.state.log}))
+        return response
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, e: RequestError):
+        return JSONResponse({"error": e.message}, e.status, headers=e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        return JSONResponse({"error": str(e.detail)}, e.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError):
+        return JSONResponse({"error": str(e.errors()[:3])}, 422)
+
+    async def answer(request: Request, path_adapter: str | None):
+        raw = await read_body(request, cfg.max_body_bytes)
+        queries, threshold, listed = parse_body(raw, cfg.max_inputs, path_adapter)
+        request.state.log.update(questions=len(queries), adapter=queries[0].adapter)
+        try:
+            future = batcher.submit(queries, threshold)
+        except QueueFull as e:
+            raise RequestError(503, f"server busy: {e}; retry later", {"Retry-After": "1"}) from None
+        hangup = asyncio.ensure_future(until_disconnected(request))
+        done, _ = await asyncio.wait({future, hangup}, timeout=cfg.request_timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        hangup.cancel()
+        if future not in done:
+            future.cancel()  # dropped from the queue if its batch has not started
+            if hangup in done:
+                request.state.log["client"] = "hung up"
+                return Response(status_code=499)
+            raise RequestError(504, f"not answered within {cfg.request_timeout_s:g} s")
+        answers = future.result()
+        failed = next((q for q in queries if q.error), None)
+        if failed is not None:
+            where = f"inputs[{failed.line}]: " if listed else ""
+            raise RequestError(error_status(failed), where + failed.error)
+        named = bool(engine.adapters)
+        out = [hf_answer(q, answers[q.line], engine.resolve(q.adapter) if named else None) for q in queries]
+        return JSONResponse(out if listed else out[0])
+
+    @app.post("/")
+    async def answer_default(request: Request):
+        return await answer(request, None)
+
+    @app.post("/adapters/{name}")
+    async def answer_with_adapter(request: Request, name: str):
+        if name not in engine.adapters:
+            raise RequestError(404, f"unknown adapter '{name}'" + (f" (served: {', '.join(engine.adapters)})"
+                                                                  if engine.adapters else ": this model serves no adapters"))
+        return await answer(request, name)
+
+    @app.get("/adapters")
+    async def adapters():
+        return {"default": engine.default or None, "adapters": [
+            {"name": name or None, "no_answer_threshold": served.qa.null_threshold,
+             "threshold_tuned_on": served.qa.null_threshold_tuned_on, "variant": served.predictor.variant,
+             "provider": served.predictor.provider} for name, served in engine.models.items()]}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "alive"}
+
+    @app.get("/ready")
+    async def ready():
+        return JSONResponse({"ready": state["ready"]}, 200 if state["ready"] else 503)
+
+    @app.get("/metrics")
+    async def prometheus():
+        metrics.queue_depth.set(batcher.waiting)
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/")
+    async def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    return app
+
+
+def authorised(request: Request, key: str) -> bool:
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), key.encode())
+
+
+async def until_disconnected(request: Request, every_s: float = 0.05) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(every_s)
+
+
+BATCH_VARIANT_INVARIANT = ("opt", "fp32", "fp16")  # dynamic int8 quantises activations per batch: not invariant
+
+
+def server_variant(spec: EngineSpec) -> str | None:
+    """The variant the server runs when none is asked for: the export's default when its answers cannot depend
+    on what a request is batched with, else the fastest variant that passed the export's parity gate among
+    those that cannot (int8's activation scales are computed per batch, so a request's answer could change
+    with its batch-mates)."""
+    if spec.variant is not None or spec.model is None:
+        return spec.variant
+    manifest = Path(spec.model) / "export_manifest.json"
+    if not manifest.exists():
+        return None  # not a merged export (adapters, torch): the engine's own default
+    record = json.loads(manifest.read_text())
+    device = "cuda" if spec.device == "cuda" else "cpu"
+    chosen = record["default_variant"].get(device)
+    if chosen in BATCH_VARIANT_INVARIANT:
+        return chosen
+    passed = {v: r for v, r in record["variants"].items() if r.get("passed") and v in BATCH_VARIANT_INVARIANT
+              and (v == "fp16") == (device == "cuda")}
+    return max(passed, key=lambda v: passed[v]["questions_per_second"]) if passed else "fp32"
+
+
+def serve(spec: EngineSpec, cfg: ServerConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Load the engine and serve it with uvicorn until SIGINT/SIGTERM: then stop accepting, finish what is in
+    flight, and return."""
+    import uvicorn
+
+    from toolkit.inference import load_engine
+
+    log = logging.getLogger("qa-toolkit.serve")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    engine = load_engine(dataclasses.replace(spec, variant=server_variant(spec)))
+    for name, served in engine.models.items():
+        log.info(json.dumps({"event": "loaded", "adapter": name or None, "variant": served.predictor.variant,
+                             "provider": served.predictor.provider, "threshold": served.qa.null_threshold}))
+    app = create_app(engine, cfg, log)
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning",
+                            timeout_graceful_shutdown=int(cfg.request_timeout_s) + 5)
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again for the handler it found: a SIGTERM
+    # that ended a graceful stop is a normal exit (0), not a death by signal.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    uvicorn.Server(config).run()
