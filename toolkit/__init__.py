@@ -4,7 +4,7 @@ The few names an application needs; everything else is internal by convention::
 
     import toolkit
 
-    qa = toolkit.load("models/minilm-squad-lora/adapter")  # or an export's onnx/ directory
+    qa = toolkit.load("models/minilm-squad2-lora/adapter")  # or an export's onnx/ directory
     answer, = qa.answer(["Where is the Eiffel Tower?"], ["The Eiffel Tower is in Paris, France."])
     print(answer.text, answer.start_confidence, answer.no_answer)
 

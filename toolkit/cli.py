@@ -27,6 +27,53 @@ def fail_clearly(fn):
     return wrapper
 
 
+ENGINE_OPTIONS = [
+    click.option("--model", type=click.Path(),
+                 help="An export's onnx/ directory (ONNX engine; an `export --adapters` one serves each of its "
+                      "adapters) or an adapter/merged model directory (torch engine)."),
+    click.option("--adapters", help="Torch engine, instead of --model: several adapters on one base, name=DIR,... "
+                                    "(a line or request picks one with its \"adapter\" field)."),
+    click.option("--default-adapter", help="The adapter for lines or requests that name none. Default: the first."),
+    click.option("--engine", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+                 help="auto: ONNX when the directory holds ONNX files, torch otherwise."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                 help="auto picks CUDA only where it really works; cuda without CUDA is an error."),
+    click.option("--variant", help="ONNX: fp32, opt, int8, int8-u8, fp16; torch: fp32, fp16 (CUDA). Default: "
+                                   "serve-batch, the export's choice for the device; serve, see its help."),
+    click.option("--batch-size", type=int, help="Most windows per forward pass. Default: 8 on CPU, 64 on CUDA."),
+    click.option("--max-batch-tokens", type=int,
+                 help="Most padded tokens per forward pass (bucketed by length). Default: 4096 on CPU, 32768 on CUDA."),
+    click.option("--threads", type=int, help="Intra-op threads. Default: physical cores."),
+    click.option("--no-answer-threshold", default="tuned", show_default=True,
+                 help="tuned: each model's threshold from its qa_config.json; never: always the best span "
+                      "(questions that always have an answer); a number: 'no answer' when null score - span score "
+                      "is above it."),
+]
+
+
+def engine_options(fn):
+    """The options that say which model answers and how, shared by serve-batch and serve."""
+    for option in reversed(ENGINE_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def engine_spec(model, adapters, default_adapter, engine, device, variant, batch_size, max_batch_tokens, threads,
+                no_answer_threshold):
+    from toolkit.config import no_answer_threshold as parse_threshold
+    from toolkit.inference import EngineSpec
+    from toolkit.modeling import parse_adapters
+
+    return EngineSpec(model=model, adapters={k: str(v) for k, v in parse_adapters(adapters).items()} if adapters else None,
+                      engine=engine, device=device, variant=variant, default_adapter=default_adapter,
+                      batch_size=batch_size, max_batch_tokens=max_batch_tokens, threads=threads,
+                      no_answer_threshold=parse_threshold(no_answer_threshold))
+
+
+ENGINE_FLAGS = ("model", "adapters", "default_adapter", "engine", "device", "variant", "batch_size", "max_batch_tokens",
+                "threads", "no_answer_threshold")
+
+
 @click.group()
 @click.version_option(package_name="qa-toolkit")
 def main():
@@ -148,23 +195,8 @@ def export(merge, adapter, model, adapters, default_adapter, output_dir, variant
 
 @main.command("serve-batch")
 @click.argument("input_path", metavar="INPUT.jsonl")
-@click.option("--model", type=click.Path(),
-              help="An export's onnx/ directory (ONNX engine; an `export --adapters` one serves each of its adapters) "
-                   "or an adapter/merged model directory (torch engine).")
-@click.option("--adapters", help="Torch engine, instead of --model: several adapters on one base, name=DIR,name=DIR,... "
-                                 "(each line picks one with its \"adapter\" field).")
-@click.option("--default-adapter", help="The adapter for lines that name none. Default: the first.")
+@engine_options
 @click.option("-o", "--output", help="Output JSONL, or - for stdout. Default: INPUT with .answers.jsonl.")
-@click.option("--engine", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
-              help="auto: ONNX when the directory holds ONNX files, torch otherwise.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto picks CUDA only where it really works; cuda without CUDA is an error.")
-@click.option("--variant", help="ONNX: fp32, opt, int8, fp16 (default: the export's choice for the device). "
-                                "torch: fp32, fp16 (CUDA).")
-@click.option("--batch-size", type=int, help="Most windows per batch. Default: 8 on CPU, 64 on CUDA.")
-@click.option("--max-batch-tokens", type=int,
-              help="Most padded tokens per batch (batches are bucketed by length). Default: 4096 on CPU, 32768 on CUDA.")
-@click.option("--threads", type=int, help="Intra-op threads. Default: physical cores.")
 @click.option("--chunk-size", type=int, default=1024, show_default=True,
               help="Lines read, answered and written at a time (bounds memory).")
 @click.option("--max-line-bytes", type=int, default=1 << 20, show_default=True,
@@ -180,33 +212,23 @@ def export(merge, adapter, model, adapters, default_adapter, output_dir, variant
 @click.option("--threads-per-worker", type=int, default=1, show_default=True,
               help="With --ray: intra-op threads (and CPUs reserved) per actor.")
 @click.option("--summary-json", type=click.Path(), help="Also write the run summary to this JSON file.")
-@click.option("--no-answer-threshold", default="tuned", show_default=True,
-              help="tuned: each model's threshold from its qa_config.json; never: always answer with the best span "
-                   "(questions that always have an answer); a number: 'no answer' when null score - span score is above it.")
 @fail_clearly
-def serve_batch(input_path, model, adapters, default_adapter, output, engine, device, variant, batch_size,
-                max_batch_tokens, threads, chunk_size, max_line_bytes, max_context_tokens, resume, ray_address,
-                workers, threads_per_worker, summary_json, no_answer_threshold):
+def serve_batch(input_path, output, chunk_size, max_line_bytes, max_context_tokens, resume, ray_address, workers,
+                threads_per_worker, summary_json, **flags):
     """Answer every line of INPUT.jsonl ({"id"?, "question", "context", "adapter"?}) into one output line each."""
     from dataclasses import asdict
 
-    from toolkit.config import no_answer_threshold as parse_threshold
-    from toolkit.inference import EngineSpec
-    from toolkit.modeling import parse_adapters
     from toolkit.serving import ServeConfig, serve_job
     from toolkit.serving.ray_batch import RayConfig
 
     if output is None:
         output = "-" if input_path == "-" else str(Path(input_path).with_suffix(".answers.jsonl"))
-    spec = EngineSpec(model=model, adapters={k: str(v) for k, v in parse_adapters(adapters).items()} if adapters else None,
-                      engine=engine, device=device, variant=variant, default_adapter=default_adapter,
-                      batch_size=batch_size, max_batch_tokens=max_batch_tokens, threads=threads,
-                      no_answer_threshold=parse_threshold(no_answer_threshold))
+    spec = engine_spec(**{k: flags[k] for k in ENGINE_FLAGS})
     cfg = ServeConfig(chunk_size=chunk_size, max_line_bytes=max_line_bytes, max_context_tokens=max_context_tokens,
                       resume=resume)
     ray = None if ray_address is None else RayConfig(
         address=ray_address, workers=workers, threads_per_worker=threads_per_worker,
-        gpus_per_worker=1.0 if device == "cuda" else 0.0)
+        gpus_per_worker=1.0 if flags["device"] == "cuda" else 0.0)
     summary = asdict(serve_job(spec, input_path, output, cfg, ray, log=lambda m: click.echo(m, err=True)))
     click.echo(json.dumps(summary), err=True)
     if summary_json:
@@ -214,20 +236,9 @@ def serve_batch(input_path, model, adapters, default_adapter, output, engine, de
 
 
 @main.command()
-@click.option("--model", type=click.Path(),
-              help="An export's onnx/ directory (an `export --adapters` one serves each of its adapters) or an "
-                   "adapter/merged model directory (torch engine).")
-@click.option("--adapters", help="Torch engine, instead of --model: several adapters on one base, name=DIR,...")
-@click.option("--default-adapter", help="The adapter for requests that name none. Default: the first.")
+@engine_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: every one).")
 @click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--engine", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--variant", help="Default: the export's choice for the device when its answers cannot depend on a "
-                                "request's batch-mates, else the fastest gated variant whose answers cannot (not int8).")
-@click.option("--threads", type=int, help="Intra-op threads. Default: physical cores.")
-@click.option("--batch-size", type=int, help="Most windows per forward pass. Default: 8 on CPU, 64 on CUDA.")
-@click.option("--max-batch-tokens", type=int, help="Most padded tokens per forward pass. Default: 4096 on CPU.")
 @click.option("--max-batch-questions", type=int, default=32, show_default=True,
               help="Most questions the dynamic batcher answers in one engine call.")
 @click.option("--max-wait-ms", type=float, default=2.0, show_default=True,
@@ -239,8 +250,6 @@ def serve_batch(input_path, model, adapters, default_adapter, output, engine, de
 @click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True, help="Larger bodies get 413.")
 @click.option("--max-context-tokens", type=int, default=4096, show_default=True,
               help="A longer context gets 422 (questions: the model's max_question_tokens).")
-@click.option("--no-answer-threshold", default="tuned", show_default=True,
-              help="tuned, never (always the best span) or a number; a request's handle_impossible_answer wins.")
 @click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False),
               help="Every route but /health needs 'Authorization: Bearer <the file's first line>'. "
                    "Or set QA_TOOLKIT_API_KEY.")
@@ -252,24 +261,18 @@ def serve_batch(input_path, model, adapters, default_adapter, output, engine, de
 @click.option("--threads-per-replica", type=int, default=1, show_default=True,
               help="With --ray-serve: intra-op threads (and CPUs reserved) per replica.")
 @fail_clearly
-def serve(model, adapters, default_adapter, host, port, engine, device, variant, threads, batch_size,
-          max_batch_tokens, max_batch_questions, max_wait_ms, max_queue, request_timeout_s, max_body_bytes,
-          max_context_tokens, no_answer_threshold, api_key_file, cors_origins, ray_address, replicas,
-          threads_per_replica):
-    """Answer questions over HTTP (Hugging Face question-answering API), with dynamic batching."""
+def serve(host, port, max_batch_questions, max_wait_ms, max_queue, request_timeout_s, max_body_bytes,
+          max_context_tokens, api_key_file, cors_origins, ray_address, replicas, threads_per_replica, **flags):
+    """Answer questions over HTTP (Hugging Face question-answering API), with dynamic batching. Without --variant
+    it serves the export's CPU/CUDA default when that cannot make a request's answer depend on its batch-mates,
+    else the fastest gated variant that cannot (never dynamic int8)."""
     import os
 
-    from toolkit.config import no_answer_threshold as parse_threshold
-    from toolkit.inference import EngineSpec
-    from toolkit.modeling import parse_adapters
     from toolkit.serving.batcher import BatcherConfig
     from toolkit.serving.server import ServerConfig
     from toolkit.serving.server import serve as run
 
-    spec = EngineSpec(model=model, adapters={k: str(v) for k, v in parse_adapters(adapters).items()} if adapters else None,
-                      engine=engine, device=device, variant=variant, default_adapter=default_adapter,
-                      batch_size=batch_size, max_batch_tokens=max_batch_tokens, threads=threads,
-                      no_answer_threshold=parse_threshold(no_answer_threshold))
+    spec = engine_spec(**{k: flags[k] for k in ENGINE_FLAGS})
     key = Path(api_key_file).read_text().strip().splitlines()[0] if api_key_file else os.environ.get("QA_TOOLKIT_API_KEY")
     if api_key_file and not key:
         raise click.UsageError(f"--api-key-file {api_key_file} is empty")
