@@ -43,8 +43,6 @@ ROWS = {  # label -> (run directory or None: the shipped adapter as is, training
                                                                 "--train-file", V11]),
     "continued: 19 articles x2 + 12k v1.1": ("unans-cont-r2", [*CONTINUE, "--train-file", f"{ARTICLES}?repeat=2",
                                                                 "--train-file", V11]),
-    "continued: 19 articles x4 + 12k v1.1": ("unans-cont-r4", [*CONTINUE, "--train-file", f"{ARTICLES}?repeat=4",
-                                                                "--train-file", V11]),
     "from the base: 19 articles x2 + 12k v1.1": ("unans-base-r2", [*BASE, "--train-file", f"{ARTICLES}?repeat=2",
                                                                     "--train-file", V11]),
 }

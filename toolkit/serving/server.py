@@ -258,7 +258,7 @@ def authorised(request: Request, key: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), key.encode())
 
 
-async def until_disconnected(request: Request, every_s: float = 0.05) -> None:
+async def until_disconnected(request: Request, every_s: float = 0.5) -> None:
     while not await request.is_disconnected():
         await asyncio.sleep(every_s)
 

@@ -1,0 +1,318 @@
+"""qa-toolkit serve under load, on loopback: a closed-loop concurrency sweep, the offline ceiling (serve-batch on
+the same questions, variant and threads), peers (the naive service a user writes: FastAPI + the transformers
+pipeline over ORTModelForQuestionAnswering, one request at a time; Ray Serve over our engine), batching
+invariance (each question alone vs under load, for the server's variant and for dynamic int8), overload (open
+loop at 2x the measured capacity) and a fuzz of hostile requests.
+
+    python bench/serve_load.py --export models/minilm-squad-lora/export [--questions 1000] [--overload-seconds 60]
+
+Every server is a separate process (`python -m toolkit.cli serve`, or uvicorn for the naive peer) at --threads;
+the load generator is one asyncio process. Writes bench/results/<name>/results.json and results.md.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from toolkit import data, load
+from toolkit.bench.results import machine_line, qa_command, stamp, write_results
+from toolkit.serving import ServeConfig, serve_batch
+from toolkit.serving.server import server_variant
+
+NAIVE_APP = '''
+import os, threading
+from fastapi import FastAPI, Request
+from optimum.onnxruntime import ORTModelForQuestionAnswering
+from transformers import AutoTokenizer, pipeline
+import onnxruntime as ort
+options = ort.SessionOptions(); options.intra_op_num_threads = int(os.environ["THREADS"])
+model = ORTModelForQuestionAnswering.from_pretrained(os.environ["ONNX_DIR"], file_name="model.onnx", session_options=options)
+qa = pipeline("question-answering", model=model, tokenizer=AutoTokenizer.from_pretrained(os.environ["ONNX_DIR"]))
+lock = threading.Lock()
+app = FastAPI()
+@app.post("/")
+def answer(body: dict):
+    with lock:
+        return qa(question=body["inputs"]["question"], context=body["inputs"]["context"], handle_impossible_answer=True)
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A server process on a free port, ready when /ready (or /docs for the naive peer) answers."""
+
+    def __init__(self, command: list[str], ready_path: str = "/ready", env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([*command, "--port", str(self.port)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}, start_new_session=True)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(self.url + ready_path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited: {' '.join(command)}")
+            time.sleep(0.5)
+        raise SystemExit(f"server not ready: {' '.join(command)}")
+
+    def rss_mb(self) -> float:
+        procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        return sum(p.memory_info().rss for p in procs) / 2 ** 20
+
+    def stop(self) -> int:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return -9
+
+
+def body(example) -> dict:
+    return {"inputs": {"question": example.question, "context": example.context}}
+
+
+async def closed_loop(url: str, examples, concurrency: int, headers=None) -> dict:
+    """Each of `concurrency` workers sends its next question when its last one is answered."""
+    queue = list(examples)
+    latencies, answers, statuses = [], {}, {}
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def worker():
+            while queue:
+                example = queue.pop()
+                started = time.perf_counter()
+                response = await client.post(url, json=body(example), headers=headers)
+                latencies.append(time.perf_counter() - started)
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                if response.status_code == 200:
+                    answers[example.id] = response.json()
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    q = statistics.quantiles(latencies, n=100)
+    return {"concurrency": concurrency, "questions": len(examples), "seconds": seconds,
+            "questions_per_second": len(examples) / seconds, "p50_ms": 1000 * q[49], "p95_ms": 1000 * q[94],
+            "p99_ms": 1000 * q[98], "statuses": statuses, "answers": answers}
+
+
+def sweep(url: str, examples, levels) -> list[dict]:
+    return [asyncio.run(closed_loop(url, examples, c)) for c in levels]
+
+
+async def open_loop(server: Server, examples, rate: float, seconds: float, expected: dict) -> dict:
+    """Requests at a fixed rate whatever the answers: shed (503) and accepted, their latency and rightness."""
+    results, rss = [], [server.rss_mb()]
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=None)) as client:
+        async def one(example):
+            started = time.perf_counter()
+            try:
+                response = await client.post(server.url, json=body(example))
+                results.append((example.id, response.status_code, time.perf_counter() - started,
+                                response.json() if response.status_code == 200 else None))
+            except httpx.HTTPError as e:
+                results.append((example.id, type(e).__name__, time.perf_counter() - started, None))
+        tasks, started, n = [], time.perf_counter(), 0
+        while time.perf_counter() - started < seconds:
+            tasks.append(asyncio.create_task(one(examples[n % len(examples)])))
+            n += 1
+            if n % int(max(rate, 1)) == 0:
+                rss.append(server.rss_mb())
+            await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+        await asyncio.gather(*tasks)
+    accepted = [r for r in results if r[1] == 200]
+    wrong = sum(r[3]["best_span"] != expected[r[0]]["best_span"] for r in accepted)
+    lat = statistics.quantiles([r[2] for r in accepted], n=100) if len(accepted) > 2 else [0] * 99
+    codes = {}
+    for r in results:
+        codes[str(r[1])] = codes.get(str(r[1]), 0) + 1
+    return {"rate": rate, "seconds": seconds, "sent": len(results), "statuses": codes,
+            "shed_rate": codes.get("503", 0) / len(results), "accepted": len(accepted), "wrong_answers": wrong,
+            "accepted_p50_ms": 1000 * lat[49], "accepted_p99_ms": 1000 * lat[98],
+            "rss_mb_start": rss[0], "rss_mb_max": max(rss), "rss_growth": max(rss) / rss[0] - 1}
+
+
+def hostile_requests(n: int, rng: random.Random, good: dict) -> list[tuple[str, bytes, dict]]:
+    """(kind, body, headers) of n hostile requests, of every kind in turn."""
+    text = json.dumps(good).encode()
+    kinds = [("truncated JSON", lambda: text[:rng.randrange(1, len(text))], {}),
+             ("wrong types", lambda: json.dumps({"inputs": {"question": rng.choice([3, None, [], {}]),
+                                                           "context": "c"}}).encode(), {}),
+             ("huge body", lambda: b'{"inputs": {"question": "q", "context": "' + b"x" * (2 << 20) + b'"}}', {}),
+             ("invalid UTF-8", lambda: b'{"inputs": {"question": "\xff\xfe", "context": "c"}}', {}),
+             ("unknown adapter", lambda: json.dumps({**good, "parameters": {"adapter": "nope"}}).encode(), {}),
+             ("missing auth", lambda: text, {"Authorization": ""}),
+             ("wrong auth", lambda: text, {"Authorization": "Bearer wrong"}),
+             ("not an object", lambda: json.dumps(rng.choice([[], 1, "x", None])).encode(), {}),
+             ("empty fields", lambda: json.dumps({"inputs": {"question": "", "context": ""}}).encode(), {}),
+             ("question too long", lambda: json.dumps({"inputs": {"question": "why " * 100, "context": "c"}}).encode(), {})]
+    return [(kind, make(), headers) for kind, make, headers in (kinds[i % len(kinds)] for i in range(n))]
+
+
+async def fuzz(url: str, key: str, n: int, good: dict, expected: dict) -> dict:
+    rng = random.Random(0)
+    auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    outcome, bad = {}, []
+    async with httpx.AsyncClient(timeout=60) as client:
+        for kind, payload, headers in hostile_requests(n, rng, good):
+            response = await client.post(url, content=payload, headers={**auth, **headers})
+            named = response.headers.get("content-type", "").startswith("application/json") and "error" in response.json()
+            outcome.setdefault(kind, {}).setdefault(str(response.status_code), 0)
+            outcome[kind][str(response.status_code)] += 1
+            if response.status_code < 400 or not named:
+                bad.append((kind, response.status_code))
+        # slow bodies: a request whose body trickles in, cut off before it is whole
+        slow = 0
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as s:
+                s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 400\r\n"
+                          + f"Authorization: Bearer {key}\r\n\r\n".encode() + b'{"inputs": {"quest')
+                time.sleep(0.05)
+                slow += 1
+        after = await client.post(url, json=good, headers=auth)
+    return {"requests": n + slow, "outcomes": outcome, "slow_bodies_cut": slow, "not_a_named_error": bad,
+            "server_answers_after": after.status_code == 200 and after.json()["best_span"] == expected["best_span"]}
+
+
+def invariance(url: str, examples) -> dict:
+    """Each question asked alone (one at a time) and again under load (64 concurrent, batched with others)."""
+    alone = asyncio.run(closed_loop(url, examples, 1))["answers"]
+    loaded = asyncio.run(closed_loop(url, examples, 64))["answers"]
+    spans = sum(alone[q]["best_span"] != loaded[q]["best_span"] for q in alone)
+    decisions = sum(alone[q]["no_answer"] != loaded[q]["no_answer"] for q in alone)
+    drift = max(abs(alone[q]["null_score_diff"] - loaded[q]["null_score_diff"]) for q in alone
+                if alone[q]["null_score_diff"] is not None and loaded[q]["null_score_diff"] is not None)
+    return {"questions": len(alone), "best_span_changed": spans, "decision_changed": decisions,
+            "max_null_score_diff_change": drift}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--export", required=True, help="export directory (merged/ + onnx/)")
+    parser.add_argument("--source", default="squad-v1.1-dev")
+    parser.add_argument("--questions", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--levels", default="1,4,16,64")
+    parser.add_argument("--overload-seconds", type=float, default=60)
+    parser.add_argument("--fuzz", type=int, default=5000)
+    parser.add_argument("--name", default="serve-load-cpu")
+    parser.add_argument("--results-dir", default="bench/results")
+    args = parser.parse_args()
+    onnx_dir, work = Path(args.export) / "onnx", Path(args.export) / "serve-load"
+    work.mkdir(parents=True, exist_ok=True)
+    examples, _ = data.load_examples([args.source], data.default_cache_dir(), 42, args.questions, "validation")
+    from toolkit.inference import EngineSpec
+
+    variant = server_variant(EngineSpec(model=str(onnx_dir)))
+    levels = [int(c) for c in args.levels.split(",")]
+    serve = [*qa_command(), "serve", "--model", str(onnx_dir), "--threads", str(args.threads), "--max-queue", "512"]
+    results = {**stamp(args.name, args.threads), "variant": variant, "questions": len(examples), "source": args.source}
+
+    print("offline ceiling: serve-batch", flush=True)
+    questions = work / "questions.jsonl"
+    data.write_jsonl(examples, questions)
+    summary = serve_batch(load(onnx_dir, variant=variant, device="cpu", threads=args.threads), str(questions),
+                          str(work / "answers.jsonl"), ServeConfig(), progress=False)
+    results["serve_batch"] = {"questions_per_second": summary.questions_per_second, "seconds": summary.seconds}
+
+    print(f"server ({variant}): sweep {levels}", flush=True)
+    ours = Server(serve)
+    rows = sweep(ours.url, examples, levels)
+    expected = rows[0]["answers"]
+    single = time.perf_counter()
+    engine = load(onnx_dir, variant=variant, device="cpu", threads=args.threads)
+    for e in examples[:200]:
+        engine.answer([e.question], [e.context])
+    results["engine_single_question_ms"] = 1000 * (time.perf_counter() - single) / 200
+    del engine
+    results["sweep"] = [{k: v for k, v in r.items() if k != "answers"} for r in rows]
+    capacity = max(r["questions_per_second"] for r in rows)
+    print(f"overload: open loop at {2 * capacity:.0f} q/s for {args.overload_seconds:g} s", flush=True)
+    results["overload"] = asyncio.run(open_loop(ours, examples, 2 * capacity, args.overload_seconds, expected))
+    results["invariance"] = {variant: invariance(ours.url, examples[:300])}
+    results["sigterm_exit_code"] = ours.stop()
+
+    int8 = Server([*serve, "--variant", "int8"])
+    results["invariance"]["int8"] = invariance(int8.url, examples[:300])
+    int8.stop()
+
+    key = "bench-key"
+    (work / "key").write_text(key + "\n")
+    guarded = Server([*serve, "--api-key-file", str(work / "key")], ready_path="/health")
+    print(f"fuzz: {args.fuzz} hostile requests", flush=True)
+    results["fuzz"] = asyncio.run(fuzz(guarded.url, key, args.fuzz, body(examples[0]), expected[examples[0].id]))
+    results["fuzz"]["rss_mb_after"] = guarded.rss_mb()
+    guarded.stop()
+
+    print("peer: naive FastAPI + pipeline over ORTModelForQuestionAnswering", flush=True)
+    (work / "naive_app.py").write_text(NAIVE_APP)
+    naive = Server([sys.executable, "-m", "uvicorn", "naive_app:app", "--app-dir", str(work), "--log-level", "warning"],
+                   ready_path="/openapi.json", env={"ONNX_DIR": str(onnx_dir), "THREADS": str(args.threads)})
+    results["peers"] = {"naive FastAPI + pipeline (ORT fp32)": {
+        k: v for k, v in asyncio.run(closed_loop(naive.url, examples[:300], 16)).items() if k != "answers"}}
+    naive.stop()
+    print("peer: Ray Serve over our engine, 2 replicas x 1 thread", flush=True)
+    on_ray = Server([*qa_command(), "serve", "--model", str(onnx_dir), "--ray-serve", "--replicas", "2",
+                     "--threads-per-replica", "1"])
+    results["peers"]["Ray Serve, our app, 2 replicas x 1 thread"] = {
+        k: v for k, v in asyncio.run(closed_loop(on_ray.url, examples, 16)).items() if k != "answers"}
+    on_ray.stop()
+    write_results(args.results_dir, results, markdown(results))
+    print(markdown(results))
+
+
+def markdown(r: dict) -> str:
+    ceiling = r["serve_batch"]["questions_per_second"]
+    naive = next(iter(r["peers"].values()))["questions_per_second"]
+    lines = [f"# qa-toolkit serve under load ({r['date']})", "", machine_line(r) + f" Variant {r['variant']}, "
+             f"{r['questions']} questions ({r['source']}); engine alone, one question at a time: "
+             f"{r['engine_single_question_ms']:.1f} ms.", "",
+             "| row | concurrency | q/s | × serve-batch | × naive peer | p50 ms | p95 ms | p99 ms | statuses |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| serve-batch (offline ceiling) | – | {ceiling:.1f} | 1.00 | {ceiling / naive:.2f} | | | | |"]
+    for row in r["sweep"]:
+        lines.append(f"| qa-toolkit serve | {row['concurrency']} | {row['questions_per_second']:.1f} | "
+                     f"{row['questions_per_second'] / ceiling:.2f} | {row['questions_per_second'] / naive:.2f} | "
+                     f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} | {row['statuses']} |")
+    for name, row in r["peers"].items():
+        lines.append(f"| peer: {name} | {row['concurrency']} | {row['questions_per_second']:.1f} | "
+                     f"{row['questions_per_second'] / ceiling:.2f} | {row['questions_per_second'] / naive:.2f} | "
+                     f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} | {row['statuses']} |")
+    o, f = r["overload"], r["fuzz"]
+    lines += ["", f"Overload (open loop at {o['rate']:.0f} q/s = 2x capacity, {o['seconds']:g} s): {o['sent']} sent, "
+              f"shed {100 * o['shed_rate']:.1f}% (503), {o['accepted']} accepted with p50 {o['accepted_p50_ms']:.0f} ms / "
+              f"p99 {o['accepted_p99_ms']:.0f} ms, wrong answers among accepted: {o['wrong_answers']}, RSS "
+              f"{o['rss_mb_start']:.0f} -> max {o['rss_mb_max']:.0f} MB ({100 * o['rss_growth']:+.1f}%); statuses {o['statuses']}.",
+              f"Fuzz: {f['requests']} hostile requests; every one a JSON error: {not f['not_a_named_error']}; "
+              f"outcomes {f['outcomes']}; the next good request answered right: {f['server_answers_after']}; "
+              f"RSS after {f['rss_mb_after']:.0f} MB.",
+              f"SIGTERM after the load: exit code {r['sigterm_exit_code']}.", "",
+              "Batching invariance (300 questions alone, then under 64 concurrent requests):", "",
+              "| variant | best span changed | decision changed | max Δ null_score_diff |", "|---|---|---|---|"]
+    for variant, inv in r["invariance"].items():
+        lines.append(f"| {variant} | {inv['best_span_changed']} | {inv['decision_changed']} | "
+                     f"{inv['max_null_score_diff_change']:.2e} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
