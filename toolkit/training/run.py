@@ -161,11 +161,15 @@ def save_model(model, tokenizer, cfg: TrainConfig, threshold: float, tuned_on: s
                   max_answer_length=cfg.max_answer_length, n_best=cfg.n_best, null_threshold=threshold,
                   null_threshold_tuned_on=tuned_on)
     model_dir = out / ("model" if cfg.full_finetune else "adapter")
-    if not cfg.full_finetune:  # a name that loads anywhere, not this machine's path of the base
-        model.peft_config["default"].base_model_name_or_path = modeling.portable_name(cfg.model)
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     qa.save(model_dir)
+    if not cfg.full_finetune:  # a base name that loads anywhere, not this machine's path of the base; written
+        # after saving, since PEFT's save looks a hub id up (retrying for half a minute where it is unreachable)
+        config = model_dir / "adapter_config.json"
+        saved = json.loads(config.read_text())
+        saved["base_model_name_or_path"] = modeling.portable_name(cfg.model)
+        config.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     return model_dir
 
 
