@@ -265,3 +265,16 @@ def test_sigterm_finishes_what_is_in_flight_and_exits_0(exported_bert, tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_server_engine_does_not_spin_wait(exported_bert):
+    """ONNX Runtime's threads spin between ops by default; the server shares their cores with its event loop."""
+    from toolkit.inference import EngineSpec, load_engine
+    from toolkit.serving.server import server_spec
+
+    spec = server_spec(EngineSpec(model=str(exported_bert / "onnx")))
+    session = load_engine(spec).served().predictor.session
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    batch = load_engine(EngineSpec(model=str(exported_bert / "onnx"))).served().predictor.session
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # serve-batch keeps the spinning default
+        batch.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")

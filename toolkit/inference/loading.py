@@ -33,6 +33,7 @@ class EngineSpec:
     max_batch_tokens: int | None = None
     threads: int | None = None  # intra-op threads; None: physical cores
     no_answer_threshold: float | None = None  # None: each model's tuned threshold
+    spinning: bool = True  # ONNX Runtime threads spin-wait between ops; off for the server (measured faster there)
 
     def check(self) -> None:
         if (self.model is None) == (self.adapters is None):
@@ -96,7 +97,7 @@ def _onnx_adapters(spec: EngineSpec, model_dir: Path, device: str, settings: Bat
         raise EngineError(f"{model_dir} holds several adapters on one ONNX base graph (fp32, engine onnx); "
                           "for the torch engine pass the adapter directories with --adapters name=DIR,...")
     index = json.loads((model_dir / ADAPTERS_FILE).read_text())
-    session = OrtPredictor(model_dir / LORA_GRAPH, device, spec.threads, "fp32-lora")
+    session = OrtPredictor(model_dir / LORA_GRAPH, device, spec.threads, "fp32-lora", spec.spinning)
     models = {}
     for name, entry in index["adapters"].items():
         directory = model_dir / entry["dir"]
@@ -114,7 +115,7 @@ def _onnx_model(spec: EngineSpec, model_dir: Path, device: str, settings: BatchS
         raise EngineError(f"unknown variant '{variant}'; choose from {list(ONNX_FILES)}")
     if variant.startswith("int8") and device == "cuda":
         raise EngineError(f"the {variant} variant runs on the CPU provider only; use fp16 or fp32 on CUDA")
-    predictor = OrtPredictor(model_dir / ONNX_FILES[variant], device, spec.threads, variant)
+    predictor = OrtPredictor(model_dir / ONNX_FILES[variant], device, spec.threads, variant, spec.spinning)
     return Engine.single(predictor, load_tokenizer(str(model_dir)), qa, settings, source)
 
 

@@ -91,10 +91,15 @@ class OrtPredictor:
     """An ONNX Runtime session on one provider, checked after creation; IO binding on CUDA. Sessions are
     safe to run from several threads; an adapter view passes its adapter in its own run options."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, variant: str = "fp32"):
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, variant: str = "fp32",
+                 spinning: bool = True):
+        """spinning: ONNX Runtime's intra-op threads spin-wait between ops (its default; fastest when inference
+        has the cores to itself, as in serve-batch). Off where other work shares them (the online server)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = threads or default_threads()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from toolkit.inference import EngineSpec
 from toolkit.serving.jobs import ServeError
-from toolkit.serving.server import ServerConfig, create_app, server_variant
+from toolkit.serving.server import ServerConfig, create_app, server_spec
 
 
 @dataclass
@@ -30,7 +30,7 @@ def application(spec: EngineSpec, cfg: ServerConfig, ray_cfg: RayServeConfig):
     """The Ray Serve application: a deployment whose replicas each build the engine and the app."""
     from ray import serve
 
-    spec = dataclasses.replace(spec, threads=ray_cfg.threads_per_replica, variant=server_variant(spec))
+    spec = dataclasses.replace(server_spec(spec), threads=ray_cfg.threads_per_replica)
 
     def build_app():  # runs in each replica
         from toolkit.inference import load_engine

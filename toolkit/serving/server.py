@@ -286,6 +286,12 @@ def server_variant(spec: EngineSpec) -> str | None:
     return max(passed, key=lambda v: passed[v]["questions_per_second"]) if passed else "fp32"
 
 
+def server_spec(spec: EngineSpec) -> EngineSpec:
+    """The engine the server runs: a batch-invariant variant, and ONNX Runtime threads that do not spin-wait
+    (the event loop shares their cores: 61 against 48 q/s at concurrency 16 on the 2-core EPYC)."""
+    return dataclasses.replace(spec, variant=server_variant(spec), spinning=False)
+
+
 def serve(spec: EngineSpec, cfg: ServerConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Load the engine and serve it with uvicorn until SIGINT/SIGTERM: then stop accepting, finish what is in
     flight, and return."""
@@ -300,7 +306,7 @@ def serve(spec: EngineSpec, cfg: ServerConfig, host: str = "127.0.0.1", port: in
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
-    engine = load_engine(dataclasses.replace(spec, variant=server_variant(spec)))
+    engine = load_engine(server_spec(spec))
     for name, served in engine.models.items():
         log.info(json.dumps({"event": "loaded", "adapter": name or None, "variant": served.predictor.variant,
                              "provider": served.predictor.provider, "threshold": served.qa.null_threshold}))
