@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from toolkit.inference import Engine, EngineSpec
+from toolkit.inference import Engine, EngineError, EngineSpec
 from toolkit.postprocess import Answer
 from toolkit.serving.batcher import Batcher, BatcherConfig, QueueFull
 from toolkit.serving.metrics import ServerMetrics
@@ -220,9 +220,10 @@ def create_app(engine: Engine, cfg: ServerConfig, log: logging.Logger | None = N
 
     @app.post("/adapters/{name}")
     async def answer_with_adapter(request: Request, name: str):
-        if name not in engine.adapters:
-            raise RequestError(404, f"unknown adapter '{name}'" + (f" (served: {', '.join(engine.adapters)})"
-                                                                  if engine.adapters else ": this model serves no adapters"))
+        try:
+            engine.resolve(name)
+        except EngineError as e:  # its message names the adapters served
+            raise RequestError(404, str(e)) from None
         return await answer(request, name)
 
     @app.get("/adapters")

@@ -209,6 +209,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
     predictions = evalset.answers(*evalset.last_logits, threshold)
     write_reports(rows, {e.id: dataclasses.asdict(a) for e, a in zip(evalset.examples, predictions)}, out / "reports")
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    mixed = precision(cfg)
     manifest = {
         "config": dataclasses.asdict(cfg), "resumed": resume, "init_adapter": init,
         "sources": {kind: [dataclasses.asdict(r) for r in reports] for kind, reports in run_data.reports.items()},
@@ -217,13 +218,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
                    "long_questions_dropped": run_data.long_questions_dropped},
         "seed": cfg.seed,
         "parameters": {"trainable": params.trainable, "total": params.total, "percent": params.percent},
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "precision": precision(cfg),
+        "device": "cuda" if torch.cuda.is_available() else "cpu", "precision": mixed,
         "versions": package_versions(),
         "timing": {"global_step": trainer.state.global_step, "train_seconds_excluding_eval": table.step_seconds,
                    "seconds_per_step": table.step_seconds / max(table.steps, 1),
                    "trainer_runtime": result.metrics["train_runtime"], "wall_seconds": time.time() - started},
         "speed": training_speed(model.config, [len(ids) for ids in run_data.train_features.inputs["input_ids"]], cfg,
-                                table.steps, table.step_seconds, precision(cfg), torch.get_num_threads(), world),
+                                table.steps, table.step_seconds, mixed, torch.get_num_threads(), world),
         "peak_rss_mb": peak_rss_mb(),
         "null_threshold": {"value": threshold, "how": how},
         "final_metrics": {"threshold_0": evalset.score(*evalset.last_logits, 0.0),
