@@ -16,9 +16,9 @@ from pathlib import Path
 
 from toolkit import data
 from toolkit.bench.inference import accuracy_pass
-from toolkit.bench.peers import calibration_windows
 from toolkit.bench.results import machine_line, stamp, write_results
 from toolkit.config import QAConfig
+from toolkit.exporting.common import calibration_windows
 from toolkit.exporting.variants import quantize_int8
 from toolkit.features import build_features
 from toolkit.inference import ONNX_FILES, OrtPredictor, TorchPredictor

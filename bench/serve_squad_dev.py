@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 
 from toolkit import data, load
-from toolkit.bench.peers import PEERS, calibration_windows, run_peer
+from toolkit.bench.peers import PEERS, run_peer
 from toolkit.bench.results import machine_line, stamp, write_results
 from toolkit.config import QAConfig
+from toolkit.exporting.common import calibration_windows
 from toolkit.metrics import score_answer_file
 from toolkit.modeling import load_tokenizer
 from toolkit.runtime import default_threads

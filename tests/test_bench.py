@@ -4,7 +4,7 @@ from click.testing import CliRunner
 
 from toolkit.cli import main
 from toolkit.metrics import score_answer_file
-from toolkit.runtime import cpu_flags
+from toolkit.runtime import cpu_flags, native_bf16
 
 
 def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, squad_file, tmp_path):
@@ -15,8 +15,11 @@ def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, squad_fil
     assert result.exit_code == 0, result.output
     out = tmp_path / "t"
     results = json.loads((out / "results.json").read_text())
-    assert set(results["variants"]) == {"torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int8-u8"}
-    assert results["skipped"] == ["onnx-fp16"] and results["baseline"] == "torch"
+    bf16 = {"torch-bf16", "ov-bf16", "ov-int8-bf16"}  # run where bf16 is native, else skipped, saying why
+    assert set(results["variants"]) == {"torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int8-u8", "ov-int8",
+                                        *(bf16 if native_bf16() else ())}
+    assert results["skipped"] == sorted({"onnx-fp16", *(() if native_bf16() else bf16)}) and results["baseline"] == "torch"
+    assert all("native bf16" in results["skipped_why"][v] for v in bf16 & set(results["skipped"]))
     assert results["matmul_flops_per_second"] > 1e8
     for _name, row in results["variants"].items():
         assert set(row["latency"]) == {"b1-real", "b1-64", "b2-real", "b2-64"}

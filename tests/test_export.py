@@ -9,6 +9,7 @@ from toolkit.cli import main
 from toolkit.config import QAConfig
 from toolkit.exporting import ExportConfig, ExportError, export, gate
 from toolkit.inference import ONNX_FILES, OrtPredictor
+from toolkit.runtime import cpu_features, cpu_name, native_bf16
 
 
 def run_export(*args):
@@ -37,9 +38,19 @@ def test_export_merge_writes_every_cpu_variant_with_parity(exported_bert):
         assert "Attention" not in ops  # quantised from the fused graph: attention runs as an integer kernel
         matmul_weights = {node.input[1] for node in graph.node if node.op_type == "MatMulInteger"}
         assert {t.data_type for t in graph.initializer if t.name in matmul_weights} == {weights}, name
+    for name, file in (("ov-fp32", "openvino_model.xml"), ("ov-int8", "openvino_model_int8.xml")):
+        v = manifest["variants"][name]  # OpenVINO IR beside the ONNX files, gated like every variant
+        assert v["file"] == file and (onnx / file).exists() and (onnx / file).with_suffix(".bin").exists()
+        assert "passed" in v and v["provider"] == "OpenVINO-CPU" and v["size_bytes"] > (onnx / file).stat().st_size
+    assert manifest["variants"]["ov-fp32"]["max_abs_logit_diff"] < 1e-3
+    for name in ("ov-bf16", "ov-int8-bf16"):  # built and gated only where bf16 is native
+        v = manifest["variants"][name]
+        assert ("native bf16" in v.get("reason", "")) != native_bf16(), v
     qa = QAConfig.load(onnx)
     passed = {k: v for k, v in manifest["variants"].items() if v["passed"] and k != "fp16"}
     assert qa.default_variant["cpu"] == max(passed, key=lambda k: passed[k]["questions_per_second"])
+    assert qa.cpu_ranking == sorted(passed, key=lambda k: -passed[k]["questions_per_second"])
+    assert qa.measured_on == {"cpu": cpu_name(), "features": cpu_features()} and "avx2" in qa.measured_on["features"]
     assert qa.max_length == 64
     assert qa.null_threshold == QAConfig.load(exported_bert.parent / "adapter").null_threshold
     assert (onnx / "tokenizer.json").exists()

@@ -38,8 +38,10 @@ ENGINE_OPTIONS = [
                  help="auto: ONNX when the directory holds ONNX files, torch otherwise."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                  help="auto picks CUDA only where it really works; cuda without CUDA is an error."),
-    click.option("--variant", help="ONNX: fp32, opt, int8, int8-u8, fp16; torch: fp32, fp16 (CUDA). Default: "
-                                   "serve-batch, the export's choice for the device; serve, see its help."),
+    click.option("--variant", help="Export: fp32, opt, int8, int8-u8, fp16 (ONNX Runtime), ov-fp32, ov-bf16, ov-int8, "
+                                   "ov-int8-bf16 (OpenVINO, CPU); torch: fp32, fp16 (CUDA), bf16 (CPU with native bf16). "
+                                   "Default: serve-batch, the export's fastest gated variant that runs here as gated; "
+                                   "serve, see its help."),
     click.option("--batch-size", type=int, help="Most windows per forward pass. Default: 8 on CPU, 64 on CUDA."),
     click.option("--max-batch-tokens", type=int,
                  help="Most padded tokens per forward pass (bucketed by length). Default: 4096 on CPU, 32768 on CUDA."),
@@ -147,9 +149,14 @@ def train(config_file, resume, lora_targets, **flags):
                                  "qa_config.json per adapter (needs --output-dir).")
 @click.option("--default-adapter", help="With --adapters: the adapter for lines that name none. Default: the first.")
 @click.option("--output-dir", help="Export directory (merged/, onnx/, export_manifest.json). Default: <run>/export.")
-@click.option("--variants", default="fp32,opt,int8,int8-u8,fp16", show_default=True,
-              help="ONNX variants: fp32 (plain), opt (fused by ONNX Runtime's transformer optimizer), int8 and int8-u8 "
-                   "(the fused graph, dynamic int8 per channel, weights s8 or u8; CPU), fp16 (CUDA only).")
+@click.option("--variants", default="fp32,opt,int8,int8-u8,fp16,ov-fp32,ov-bf16,ov-int8,ov-int8-bf16", show_default=True,
+              help="ONNX Runtime: fp32 (plain), opt (fused by its transformer optimizer), int8 and int8-u8 (the fused "
+                   "graph, dynamic int8 per channel, weights s8 or u8; CPU), fp16 (CUDA only). OpenVINO IR (CPU): "
+                   "ov-fp32, ov-bf16 (bf16 inference precision; CPUs with native bf16 only), ov-int8 and ov-int8-bf16 "
+                   "(NNCF static int8, the other operations in fp32 or bf16). Variants that cannot run here are skipped.")
+@click.option("--calibration-file", help="Training questions whose windows calibrate the static int8 variants "
+                                         "(never the eval set). Default: the training run's first source.")
+@click.option("--calibration-samples", type=int, default=128, show_default=True, help="Calibration questions.")
 @click.option("--optimization-level", type=click.IntRange(0, 2), default=2, show_default=True,
               help="ORTOptimizer level for 'opt' (O3 is not offered: its GELU approximation changes outputs).")
 @click.option("--eval-file", help="Parity set (same forms as train). Default: the training run's eval set.")
@@ -159,8 +166,8 @@ def train(config_file, resume, lora_targets, **flags):
                    "on best spans alone) is marked failed. The CPU default is the fastest variant that passes.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output-dir.")
 @fail_clearly
-def export(merge, adapter, model, adapters, default_adapter, output_dir, variants, optimization_level,
-           eval_file, eval_samples, max_drop, overwrite):
+def export(merge, adapter, model, adapters, default_adapter, output_dir, variants, calibration_file, calibration_samples,
+           optimization_level, eval_file, eval_samples, max_drop, overwrite):
     """Export a model to ONNX variants through Optimum and check each against PyTorch."""
     if adapters:
         from toolkit.exporting import AdapterExportConfig, export_adapters
@@ -182,14 +189,16 @@ def export(merge, adapter, model, adapters, default_adapter, output_dir, variant
 
     cfg = ExportConfig(adapter=adapter, model=model, output_dir=output_dir, merge=merge,
                        variants=[v.strip() for v in variants.split(",") if v.strip()],
-                       optimization_level=optimization_level, eval_file=eval_file,
-                       eval_samples=eval_samples, max_drop=max_drop, overwrite=overwrite)
+                       optimization_level=optimization_level, eval_file=eval_file, calibration_file=calibration_file,
+                       calibration_samples=calibration_samples, eval_samples=eval_samples, max_drop=max_drop,
+                       overwrite=overwrite)
     manifest = run(cfg)
     table = {name: {k: v[k] for k in ("passed", "size_bytes", "max_abs_logit_diff", "answer_agreement",
                                       "span_agreement", "delta_exact", "delta_f1", "forced_delta_exact", "forced_delta_f1",
                                       "questions_per_second") if k in v} | ({"reason": v["reason"]} if "reason" in v else {})
              for name, v in manifest["variants"].items()}
     click.echo(json.dumps({"default_variant": manifest["default_variant"], "variants": table,
+                           "cpu_ranking": manifest["cpu_ranking"], "measured_on": manifest["measured_on"],
                            "wall_seconds": manifest["wall_seconds"]}, indent=2))
 
 
@@ -292,9 +301,11 @@ def serve(host, port, max_batch_questions, max_wait_ms, max_queue, request_timeo
 @main.command()
 @click.option("--model", help="Export directory (merged/ + onnx/) or its onnx/ dir; with --train: a base model.")
 @click.option("--eval-file", help="Questions to time and score (same forms as train). With --train: batch source.")
-@click.option("--variants", default="torch,onnx-fp32,onnx-opt,onnx-int8,onnx-int8-u8,onnx-fp16", show_default=True,
-              help="Among torch, torch-fp16, onnx-fp32, onnx-opt, onnx-int8, onnx-int8-u8, onnx-fp16 (GPU ones skipped "
-                   "without CUDA).")
+@click.option("--variants", default="torch,torch-bf16,onnx-fp32,onnx-opt,onnx-int8,onnx-int8-u8,onnx-fp16,ov-bf16,ov-int8,"
+                                   "ov-int8-bf16", show_default=True,
+              help="Among torch, torch-fp16, torch-bf16, onnx-fp32, onnx-opt, onnx-int8, onnx-int8-u8, onnx-fp16, ov-fp32, "
+                   "ov-bf16, ov-int8, ov-int8-bf16 (those that cannot run here are skipped, saying why: GPU ones "
+                   "without CUDA, bf16 ones without native bf16).")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Latency batch sizes.")
 @click.option("--seq-lens", default="real,384", show_default=True,
               help="'real' pads each batch to its longest window; a number pads every batch to it.")

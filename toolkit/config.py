@@ -72,7 +72,9 @@ class QAConfig:
     n_best: int = 20
     null_threshold: float = 0.0  # tuned on the eval set after training
     null_threshold_tuned_on: str = ""  # the source it was tuned on (max F1); "" = not tuned, the default 0.0
-    default_variant: dict[str, str] = field(default_factory=dict)  # provider -> ONNX variant
+    default_variant: dict[str, str] = field(default_factory=dict)  # provider -> variant
+    cpu_ranking: list[str] = field(default_factory=list)  # CPU variants that passed the parity gate, fastest first
+    measured_on: dict = field(default_factory=dict)  # the CPU the ranking was measured on: name and features
 
     def features(self) -> FeatureConfig:
         return FeatureConfig(self.max_length, self.doc_stride, self.max_question_tokens)

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 
 VERSIONED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "optimum", "optimum-onnx",
-                      "onnxruntime", "onnxruntime-gpu", "openvino", "optimum-intel", "numpy", "tokenizers")
+                      "onnxruntime", "onnxruntime-gpu", "openvino", "nncf", "optimum-intel", "numpy", "tokenizers")
 NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni"}
+INFERENCE_FLAGS = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", *NATIVE_BF16_FLAGS, *VNNI_FLAGS}
 
 
 def package_versions() -> dict[str, str]:
@@ -53,6 +54,11 @@ def native_bf16() -> bool:
 
 def int8_vnni() -> bool:
     return bool(VNNI_FLAGS & cpu_flags())
+
+
+def cpu_features() -> list[str]:
+    """The CPU features the inference variants' speed and numerics depend on, as named in /proc/cpuinfo."""
+    return sorted(f for f in cpu_flags() if f in INFERENCE_FLAGS or f.startswith("amx"))
 
 
 def cpu_name() -> str:
@@ -160,7 +166,9 @@ def machine_peaks(threads: int) -> dict:
 
 def peak_for(variant: str, peaks: dict) -> float:
     """The peak a variant's matmuls can reach: the integer kernel's rate for int8 (u8 weights for the
-    -u8 variants, s8 otherwise), fp32 for the others."""
+    -u8 variants, s8 otherwise), bf16's for bf16 (int8 with bf16 elsewhere: int8's), fp32 for the others."""
     if "int8" in variant:
         return peaks["int8_u8u8_onnxruntime" if variant.endswith("u8") else "int8_u8s8_onnxruntime"]
+    if "bf16" in variant:
+        return peaks["bf16_torch"]
     return peaks["fp32_torch"]

@@ -15,18 +15,30 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import data as data_mod
-from toolkit.bench.peers import PEERS, calibration_windows, run_peer
+from toolkit.bench.peers import PEERS, run_peer
 from toolkit.bench.report import markdown, plot
 from toolkit.bench.results import stamp, write_results
 from toolkit.config import QAConfig
+from toolkit.exporting.common import calibration_windows, size_bytes
 from toolkit.features import Features, build_features
-from toolkit.inference import ONNX_FILES, BatchSettings, OrtPredictor, TorchPredictor
+from toolkit.inference import ONNX_FILES, BatchSettings, TorchPredictor
 from toolkit.inference.batching import feature_logits, pad_batch
+from toolkit.inference.loading import onnx_predictor
+from toolkit.inference.openvino import OPENVINO_VARIANTS, unusable_here
 from toolkit.metrics import squad_scores
 from toolkit.postprocess import answer_all
-from toolkit.runtime import cuda_available, default_threads, encoder_flops, machine_peaks, peak_for, peak_rss_mb
+from toolkit.runtime import (
+    cuda_available,
+    default_threads,
+    encoder_flops,
+    machine_peaks,
+    native_bf16,
+    peak_for,
+    peak_rss_mb,
+)
 
-VARIANTS = ("torch", "torch-fp16", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int8-u8", "onnx-fp16")
+VARIANTS = ("torch", "torch-fp16", "torch-bf16", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int8-u8", "onnx-fp16",
+            *OPENVINO_VARIANTS)
 GPU_ONLY = {"torch-fp16", "onnx-fp16"}
 
 
@@ -40,7 +52,8 @@ class BenchConfig:
     eval_file: str
     name: str = "latest"
     results_dir: str = "bench/results"
-    variants: list[str] = field(default_factory=lambda: ["torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int8-u8"])
+    variants: list[str] = field(default_factory=lambda: ["torch", "torch-bf16", "onnx-fp32", "onnx-opt", "onnx-int8",
+                                                         "onnx-int8-u8", "ov-bf16", "ov-int8", "ov-int8-bf16"])
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     seq_lens: list[str] = field(default_factory=lambda: ["real", "384"])
     latency_batches: int = 20  # timed batches per (variant, batch size, length)
@@ -82,20 +95,26 @@ def locate(model: str) -> tuple[Path, Path]:
 
 def make_predictor(variant: str, onnx_dir: Path, torch_dir: Path, threads: int):
     """A predictor for a bench variant name; torch threads are set by the caller's process."""
-    if variant in ("torch", "torch-fp16"):
+    if variant.startswith("torch"):
         from toolkit.modeling import load_for_inference
 
         model = load_for_inference(torch_dir)[0]
-        return TorchPredictor(model, "cuda" if variant == "torch-fp16" or cuda_available() else "cpu",
-                              fp16=variant == "torch-fp16")
+        return TorchPredictor(model, "cuda" if variant == "torch-fp16" or cuda_available() and variant == "torch" else "cpu",
+                              fp16=variant == "torch-fp16", bf16=variant == "torch-bf16")
     kind = variant.removeprefix("onnx-")
-    return OrtPredictor(onnx_dir / ONNX_FILES[kind], "cuda" if kind == "fp16" else "cpu", threads, kind)
+    return onnx_predictor(onnx_dir, kind, "cuda" if kind == "fp16" else "cpu", threads)
+
+
+def variant_file(variant: str, onnx_dir: Path) -> Path:
+    if variant in OPENVINO_VARIANTS:
+        return onnx_dir / OPENVINO_VARIANTS[variant][0]
+    return onnx_dir / ONNX_FILES[variant.removeprefix("onnx-")]
 
 
 def file_size(variant: str, onnx_dir: Path, torch_dir: Path) -> int:
     if variant.startswith("torch"):
         return sum(p.stat().st_size for p in torch_dir.glob("*.safetensors"))
-    return (onnx_dir / ONNX_FILES[variant.removeprefix("onnx-")]).stat().st_size
+    return size_bytes(variant_file(variant, onnx_dir))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -182,14 +201,22 @@ def _latency(predictors: dict, features, pad_id: int, batch_size: int, seq: str,
     return out
 
 
-def runnable_variants(cfg: BenchConfig, onnx_dir: Path, log) -> tuple[list[str], list[str]]:
-    """(variants to run, variants skipped for want of CUDA); refuses ONNX variants the export lacks."""
-    gpu = cuda_available()
-    variants = [v for v in cfg.variants if gpu or v not in GPU_ONLY]
-    skipped = sorted(set(cfg.variants) - set(variants))
-    if skipped:
-        log(f"skipping {skipped}: no usable CUDA here")
-    missing = [v for v in variants if v.startswith("onnx-") and not (onnx_dir / ONNX_FILES[v[5:]]).exists()]
+def why_not_here(variant: str) -> str | None:
+    """Why a variant cannot run as it would be served on this machine (None when it can)."""
+    if variant in GPU_ONLY and not cuda_available():
+        return "no usable CUDA here"
+    if variant == "torch-bf16" and not native_bf16():
+        return "no native bf16 on this CPU (emulated bf16 is slower than fp32)"
+    return unusable_here(variant)
+
+
+def runnable_variants(cfg: BenchConfig, onnx_dir: Path, log) -> tuple[list[str], dict[str, str]]:
+    """(variants to run, {variant skipped: why}); refuses exported variants the export lacks."""
+    skipped = {v: why for v in cfg.variants if (why := why_not_here(v))}
+    variants = [v for v in cfg.variants if v not in skipped]
+    for v, why in skipped.items():
+        log(f"skipping {v}: {why}")
+    missing = [v for v in variants if not v.startswith("torch") and not variant_file(v, onnx_dir).exists()]
     if missing:
         raise BenchError(f"{onnx_dir} has no file for {missing}; export those variants first")
     return variants, skipped
@@ -277,7 +304,8 @@ def run_bench(cfg: BenchConfig, log=lambda m: print(m, file=sys.stderr)) -> dict
     results = {**stamp(cfg.name, threads), "config": asdict(cfg), "baseline": baseline,
                "eval_set": {"spec": cfg.eval_file, "questions": len(examples), "windows": len(features),
                             "null_threshold": qa.null_threshold},
-               "matmul_flops_per_second": peaks["fp32_torch"], "peaks": peaks, "variants": rows, "skipped": skipped,
+               "matmul_flops_per_second": peaks["fp32_torch"], "peaks": peaks, "variants": rows,
+               "skipped": sorted(skipped), "skipped_why": skipped,
                "peers": peers, **best_peer(peers, rows)}
     out = write_results(cfg.results_dir, results, markdown(results))
     plot(results, out / "latency.png")

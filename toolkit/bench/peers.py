@@ -12,9 +12,7 @@ import numpy as np
 
 from toolkit import data as data_mod
 from toolkit.config import QAConfig
-from toolkit.features import MODEL_INPUTS, build_features
 from toolkit.inference import ONNX_FILES
-from toolkit.inference.batching import pad_batch
 from toolkit.metrics import squad_scores
 
 PEERS = ("pipeline-torch", "pipeline-ort", "pipeline-ov-fp32", "pipeline-ov-int8")
@@ -74,14 +72,6 @@ def load_peer(kind: str, onnx_dir: Path, torch_dir: Path, threads: int,
         model = _openvino(torch_dir, threads, calibration)
         return model, f"OVModelForQuestionAnswering, NNCF int8 ({len(calibration)} training windows), {_precision(model)}"
     raise PeerUnavailable(f"unknown peer '{kind}'; choose from {list(PEERS)}")
-
-
-def calibration_windows(tokenizer, qa: QAConfig, spec: str, samples: int | None, seed: int) -> list[dict[str, np.ndarray]]:
-    """Training windows (never the eval set), one per batch at its own length, for int8 calibration."""
-    examples, _ = data_mod.load_examples([spec], data_mod.default_cache_dir(), seed, samples, "train")
-    features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
-    return [{k: v for k, v in pad_batch(features, [i], tokenizer.pad_token_id).items() if k in MODEL_INPUTS}
-            for i in range(len(features))]
 
 
 def run_peer(kind: str, onnx_dir: Path, torch_dir: Path, examples, qa: QAConfig, threads: int,

@@ -29,7 +29,7 @@ def _peaks_line(results: dict) -> str:
             f"int8 {peaks['int8_u8s8_onnxruntime'] / 1e9:.1f} U8S8 / {peaks['int8_u8u8_onnxruntime'] / 1e9:.1f} U8U8 "
             f"(ONNX Runtime MatMulInteger{', VNNI' if peaks['int8_vnni'] else ', no VNNI'}), "
             f"bf16 {peaks['bf16_torch'] / 1e9:.1f} (torch{'' if peaks['bf16_native'] else ', not native on this CPU'}). "
-            "Fraction of the peak that applies (int8 for int8 variants, fp32 otherwise) reached over the whole eval "
+            "Fraction of the peak that applies (int8 for int8 variants, bf16 for bf16, fp32 otherwise) reached over the whole eval "
             "pass: " + ", ".join(f"{v} {100 * r['eval_roofline_fraction']:.0f}%" for v, r in rows.items()) + ".")
 
 
@@ -54,8 +54,9 @@ def markdown(results: dict) -> str:
         cells = [f"{r['latency'][k]['p50_ms']:.1f} / {r['latency'][k]['p95_ms']:.1f} "
                  f"(×{r['speedup_vs_baseline'][k]:.2f}, {100 * r['roofline_fraction'][k]:.0f}%)" for k in keys]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    if results["skipped"]:
-        lines += ["", f"Not run (no usable CUDA): {', '.join(results['skipped'])}."]
+    why = results.get("skipped_why") or {v: "no usable CUDA" for v in results["skipped"]}
+    if why:
+        lines += ["", "Not run here: " + "; ".join(f"{v} ({reason})" for v, reason in why.items()) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""What every export shares: its error, the parity set, and building into a hidden directory."""
+"""What every export shares: its error, the parity set, calibration windows, and building into a hidden directory."""
 
 import shutil
 import tempfile
@@ -9,6 +9,9 @@ from typing import Iterator
 import numpy as np
 
 from toolkit import data as data_mod
+from toolkit.config import QAConfig
+from toolkit.features import MODEL_INPUTS, build_features
+from toolkit.inference.batching import pad_batch
 
 
 class ExportError(RuntimeError):
@@ -23,6 +26,20 @@ def parity_examples(spec: str | None, manifest: dict, samples: int | None, seed:
     cache = Path(cache_dir) if cache_dir else data_mod.default_cache_dir()
     examples, _ = data_mod.load_examples([spec], cache, seed, samples, "validation")
     return spec, examples
+
+
+def calibration_windows(tokenizer, qa: QAConfig, spec: str, samples: int | None, seed: int) -> list[dict[str, np.ndarray]]:
+    """Training windows (never the eval set), one per batch at its own length, for int8 calibration."""
+    examples, _ = data_mod.load_examples([spec], data_mod.default_cache_dir(), seed, samples, "train")
+    features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
+    return [{k: v for k, v in pad_batch(features, [i], tokenizer.pad_token_id).items() if k in MODEL_INPUTS}
+            for i in range(len(features))]
+
+
+def size_bytes(path: Path) -> int:
+    """The file's size; an OpenVINO IR's weights (.bin beside the .xml) included."""
+    weights = path.with_suffix(".bin")
+    return path.stat().st_size + (weights.stat().st_size if path.suffix == ".xml" and weights.exists() else 0)
 
 
 def max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:

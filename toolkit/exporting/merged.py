@@ -1,4 +1,4 @@
-"""Adapter -> merged model -> ONNX variants through Optimum, each checked against PyTorch.
+"""Adapter -> merged model -> ONNX variants through Optimum and OpenVINO IR, each checked against PyTorch.
 
 The export is built in a hidden sibling directory and renamed into place only when complete, so a failed
 export never leaves a directory that looks finished.
@@ -14,13 +14,22 @@ from pathlib import Path
 
 from toolkit import modeling
 from toolkit.config import QAConfig
-from toolkit.exporting.common import ExportError, building, max_diff, parity_examples
-from toolkit.exporting.parity import describe, fastest, gate, parity, reference_run
-from toolkit.exporting.variants import build_variants
+from toolkit.exporting.common import (
+    ExportError,
+    building,
+    calibration_windows,
+    max_diff,
+    parity_examples,
+    size_bytes,
+)
+from toolkit.exporting.parity import describe, fastest, gate, parity, ranking, reference_run
+from toolkit.exporting.variants import build_openvino, build_variants
 from toolkit.features import build_features
 from toolkit.inference import ONNX_FILES, BatchSettings, Engine, OrtPredictor, TorchPredictor
+from toolkit.inference.openvino import OPENVINO_VARIANTS, OpenVinoPredictor
+from toolkit.runtime import cpu_features, cpu_name, default_threads
 
-CPU_CANDIDATES = ("fp32", "opt", "int8", "int8-u8")
+CPU_CANDIDATES = ("fp32", "opt", "int8", "int8-u8", *OPENVINO_VARIANTS)
 CUDA_PREFERENCE = ("fp16", "opt", "fp32")
 
 
@@ -30,21 +39,24 @@ class ExportConfig:
     model: str | None = None  # without merge: a merged/full model directory or hub name
     output_dir: str | None = None  # default: <run>/export beside the adapter
     merge: bool = True
-    variants: list[str] = field(default_factory=lambda: ["fp32", "opt", "int8", "int8-u8", "fp16"])
+    variants: list[str] = field(default_factory=lambda: ["fp32", "opt", "int8", "int8-u8", "fp16", "ov-fp32", "ov-bf16", "ov-int8",
+                                                         "ov-int8-bf16"])
     optimization_level: int = 2  # O2 fuses attention/LayerNorm/GELU exactly; O3 approximates GELU
     eval_file: str | None = None  # parity set; default: the eval set of the training run
     eval_samples: int | None = 2000
     max_drop: float = 1.0  # points of EM or F1 (with the threshold, or best span alone) a variant may lose vs PyTorch
     merge_tolerance: float = 1e-3  # max |merged - unmerged| logit difference
+    calibration_file: str | None = None  # static int8 (ov-int8*): training questions; default: the run's first source
+    calibration_samples: int = 128
     overwrite: bool = False
     seed: int = 42
     cache_dir: str | None = None
 
     def check(self) -> Path:
         """The output directory, once every setting is known to be usable."""
-        unknown = set(self.variants) - set(ONNX_FILES)
-        if unknown or "fp32" not in self.variants:
-            raise ExportError(f"variants must include fp32 and come from {list(ONNX_FILES)}; got {self.variants}")
+        known = [*ONNX_FILES, *OPENVINO_VARIANTS]
+        if set(self.variants) - set(known) or "fp32" not in self.variants:
+            raise ExportError(f"variants must include fp32 and come from {known}; got {self.variants}")
         if self.merge:
             if not self.adapter:
                 raise ExportError("--merge needs --adapter DIR (a training run's adapter directory)")
@@ -96,14 +108,31 @@ def merge_checked(model, tokenizer, qa, examples, features, cfg: ExportConfig, w
     return model, diff
 
 
-def to_onnx(model, tokenizer, cfg: ExportConfig, onnx_dir: Path, log) -> dict[str, str]:
+def to_onnx(model, tokenizer, cfg: ExportConfig, onnx_dir: Path, calibration, log) -> dict[str, str]:
     """model.onnx through Optimum and the variants built from it; returns the variants skipped, with why."""
     from optimum.exporters.onnx import onnx_export_from_model
 
     log("exporting to ONNX (optimum, task question-answering, dynamic batch/sequence axes)")
     onnx_export_from_model(model, onnx_dir, task="question-answering", do_validation=False)
     tokenizer.save_pretrained(onnx_dir)
-    return build_variants(cfg.variants, onnx_dir, cfg.optimization_level, log)
+    return {**build_variants(cfg.variants, onnx_dir, cfg.optimization_level, log),
+            **build_openvino(cfg.variants, onnx_dir, calibration, log)}
+
+
+def calibration(cfg: ExportConfig, train_manifest: dict, tokenizer, qa) -> list:
+    """Training windows for the static int8 variants: --calibration-file, else the run's first training source."""
+    if not any(v.startswith("ov-int8") for v in cfg.variants):
+        return []
+    spec = cfg.calibration_file or (train_manifest.get("config", {}).get("train_files") or ["squad-v1.1-train"])[0]
+    return calibration_windows(tokenizer, qa, spec, cfg.calibration_samples, cfg.seed)
+
+
+def variant_predictor(name: str, onnx_dir: Path):
+    """The predictor a variant's parity is measured with, and its file."""
+    if name in OPENVINO_VARIANTS:
+        file, precision = OPENVINO_VARIANTS[name]
+        return OpenVinoPredictor(onnx_dir / file, default_threads(), name, precision), file
+    return OrtPredictor(onnx_dir / ONNX_FILES[name], "cuda" if name == "fp16" else "cpu", variant=name), ONNX_FILES[name]
 
 
 def check_variants(cfg: ExportConfig, onnx_dir: Path, skipped: dict, reference: dict, tokenizer, qa,
@@ -114,10 +143,9 @@ def check_variants(cfg: ExportConfig, onnx_dir: Path, skipped: dict, reference: 
         if name in skipped:
             variants[name] = {"file": None, "passed": False, "reason": skipped[name]}
             continue
-        predictor = OrtPredictor(onnx_dir / ONNX_FILES[name], "cuda" if name == "fp16" else "cpu", variant=name)
+        predictor, file = variant_predictor(name, onnx_dir)
         result = parity(reference, Engine.single(predictor, tokenizer, qa), examples, features)
-        result.update(file=ONNX_FILES[name], size_bytes=(onnx_dir / ONNX_FILES[name]).stat().st_size,
-                      provider=predictor.provider)
+        result.update(file=file, size_bytes=size_bytes(onnx_dir / file), provider=predictor.provider)
         reason = gate(result, cfg.max_drop)
         result["passed"] = reason is None
         if reason:
@@ -149,13 +177,16 @@ def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
                              "forced_f1": reference["forced"]["f1"]}
         onnx_dir = work / "onnx"
         built = time.perf_counter()
-        skipped = to_onnx(model, tokenizer, cfg, onnx_dir, log)
+        skipped = to_onnx(model, tokenizer, cfg, onnx_dir, calibration(cfg, train_manifest, tokenizer, qa), log)
         manifest["onnx_build_seconds"] = time.perf_counter() - built
         variants = check_variants(cfg, onnx_dir, skipped, reference, tokenizer, qa, examples, features, log)
         qa.default_variant = {"cpu": fastest(variants, CPU_CANDIDATES),
                               "cuda": next(v for v in CUDA_PREFERENCE if variants.get(v, {}).get("passed"))}
+        qa.cpu_ranking = ranking(variants, CPU_CANDIDATES)
+        qa.measured_on = {"cpu": cpu_name(), "features": cpu_features()}
         qa.save(onnx_dir)
-        manifest.update(variants=variants, default_variant=qa.default_variant, wall_seconds=time.time() - started)
+        manifest.update(variants=variants, default_variant=qa.default_variant, cpu_ranking=qa.cpu_ranking,
+                        measured_on=qa.measured_on, wall_seconds=time.time() - started)
         (work / "export_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.copy(work / "export_manifest.json", onnx_dir / "export_manifest.json")
     return manifest

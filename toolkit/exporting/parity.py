@@ -52,10 +52,15 @@ def gate(result: dict, max_drop: float) -> str | None:
     return f"{worst} drops {drops[worst]:.2f} points vs PyTorch (> {max_drop}); not used as a default"
 
 
+def ranking(variants: dict, candidates: tuple[str, ...]) -> list[str]:
+    """The candidates that passed their gate, fastest first (measured throughput on the parity set)."""
+    passed = [v for v in candidates if variants.get(v, {}).get("passed")]
+    return sorted(passed, key=lambda v: -variants[v]["questions_per_second"])
+
+
 def fastest(variants: dict, candidates: tuple[str, ...]) -> str:
     """The candidate that passed its gate with the highest measured throughput on the parity set."""
-    passed = [v for v in candidates if variants.get(v, {}).get("passed")]
-    return max(passed, key=lambda v: variants[v]["questions_per_second"]) if passed else "fp32"
+    return (ranking(variants, candidates) or ["fp32"])[0]
 
 
 def describe(name: str, result: dict) -> str:

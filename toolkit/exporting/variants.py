@@ -1,9 +1,10 @@
-"""The ONNX variants built from the plain export: fused by ONNX Runtime's transformer optimizer, int8 of the
-fused graph (weights s8 or u8), fp16 for CUDA."""
+"""The variants built from the plain export: fused by ONNX Runtime's transformer optimizer, int8 of the fused
+graph (weights s8 or u8), fp16 for CUDA; OpenVINO IR (fp32 weights) and NNCF's static int8 of it."""
 
 from pathlib import Path
 
 from toolkit.inference import ONNX_FILES
+from toolkit.inference.openvino import OPENVINO_VARIANTS, unusable_here
 from toolkit.runtime import cuda_available
 
 INT8_VARIANTS = ("int8", "int8-u8")
@@ -51,4 +52,33 @@ def build_variants(wanted: list[str], onnx_dir: Path, optimization_level: int, l
             skipped["fp16"] = "needs a CUDA GPU (none usable here); export again on a GPU machine for fp16"
             log(f"fp16 skipped: {skipped['fp16']}")
     (onnx_dir / "ort_config.json").unlink(missing_ok=True)  # Optimum's record; ours is export_manifest.json
+    return skipped
+
+
+def build_openvino(wanted: list[str], onnx_dir: Path, calibration, log) -> dict[str, str]:
+    """The OpenVINO IR files the wanted ov-* variants run on, beside model.onnx: the plain graph (fp32 weights)
+    and NNCF's int8 of it (transformer preset, calibrated on training windows); returns variant -> reason for
+    those skipped (OpenVINO missing, or bf16 inference on a CPU that would emulate it)."""
+    wanted = [v for v in wanted if v in OPENVINO_VARIANTS]
+    skipped = {v: reason for v in wanted if (reason := unusable_here(v))}
+    files = {OPENVINO_VARIANTS[v][0] for v in wanted if v not in skipped}
+    for name, reason in skipped.items():
+        log(f"{name} skipped: {reason}")
+    if not files:
+        return skipped
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_dir / ONNX_FILES["fp32"]))
+    plain, int8 = OPENVINO_VARIANTS["ov-fp32"][0], OPENVINO_VARIANTS["ov-int8"][0]
+    if plain in files:
+        log("converting to OpenVINO IR (fp32 weights)")
+        ov.save_model(model, str(onnx_dir / plain), compress_to_fp16=False)
+    if int8 in files:
+        import nncf
+
+        log(f"quantising for OpenVINO: NNCF static int8, transformer preset, {len(calibration)} training windows")
+        names = [i.get_any_name() for i in model.inputs]
+        quantized = nncf.quantize(model, nncf.Dataset(calibration, lambda window: {k: window[k] for k in names}),
+                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+        ov.save_model(quantized, str(onnx_dir / int8), compress_to_fp16=False)
     return skipped

@@ -9,6 +9,7 @@ from pathlib import Path
 from toolkit.config import QAConfig
 from toolkit.inference.batching import BatchSettings
 from toolkit.inference.engine import Engine, Served
+from toolkit.inference.openvino import OPENVINO_VARIANTS, OpenVinoPredictor, unusable_here
 from toolkit.inference.predictors import (
     ADAPTERS_FILE,
     LORA_GRAPH,
@@ -18,6 +19,7 @@ from toolkit.inference.predictors import (
     TorchPredictor,
     resolve_device,
 )
+from toolkit.runtime import default_threads, native_bf16
 
 
 @dataclass
@@ -27,7 +29,7 @@ class EngineSpec:
     adapters: dict[str, str] | None = None  # instead of model: name -> adapter directory, one PyTorch base
     engine: str = "auto"  # auto: ONNX where the directory holds ONNX files, torch otherwise
     device: str = "auto"  # auto, cpu or cuda
-    variant: str | None = None  # ONNX variant or torch fp32/fp16; None: the export's choice for the device
+    variant: str | None = None  # exported variant (ONNX Runtime or ov-*) or torch fp32/fp16/bf16; None: the export's choice
     default_adapter: str | None = None  # the adapter for requests naming none; None: the first
     batch_size: int | None = None  # None: the device's default
     max_batch_tokens: int | None = None
@@ -106,29 +108,59 @@ def _onnx_adapters(spec: EngineSpec, model_dir: Path, device: str, settings: Bat
     return Engine(models, load_tokenizer(str(model_dir)), settings, spec.default_adapter or index["default"])
 
 
+def default_variant(qa: QAConfig, device: str) -> str:
+    """The export's choice for this device: on the CPU, the fastest variant that passed the parity gate and runs
+    here as it was gated (an export measured on a CPU with native bf16 ranks bf16 variants first; on one without,
+    the next gated variant serves, never one that was not gated). Exports without a ranking: their one default."""
+    if device == "cuda":
+        return qa.default_variant.get("cuda") or "fp32"
+    ranked = qa.cpu_ranking or [qa.default_variant.get("cpu") or "fp32"]
+    return next((v for v in ranked if unusable_here(v) is None), "fp32")
+
+
+def onnx_predictor(model_dir: Path, variant: str, device: str, threads: int | None, spinning: bool = True):
+    """The predictor of one exported variant: an ONNX Runtime session, or OpenVINO for the ov-* variants."""
+    if variant in OPENVINO_VARIANTS:
+        if device == "cuda":
+            raise EngineError(f"the {variant} variant runs on the CPU (OpenVINO); use fp16 or fp32 on CUDA")
+        reason = unusable_here(variant)
+        if reason:
+            raise EngineError(reason)
+        file, precision = OPENVINO_VARIANTS[variant]
+        if not (model_dir / file).exists():
+            raise EngineError(f"{model_dir} has no {file} for {variant}: export it with "
+                              f"`qa-toolkit export --variants fp32,{variant}`")
+        return OpenVinoPredictor(model_dir / file, threads or default_threads(), variant, precision)
+    if variant not in ONNX_FILES:
+        raise EngineError(f"unknown variant '{variant}'; choose from {[*ONNX_FILES, *OPENVINO_VARIANTS]}")
+    if variant.startswith("int8") and device == "cuda":
+        raise EngineError(f"the {variant} variant runs on the CPU provider only; use fp16 or fp32 on CUDA")
+    return OrtPredictor(model_dir / ONNX_FILES[variant], device, threads, variant, spinning)
+
+
 def _onnx_model(spec: EngineSpec, model_dir: Path, device: str, settings: BatchSettings, source: dict) -> Engine:
     from toolkit.modeling import load_tokenizer
 
     qa = QAConfig.load(model_dir)
-    variant = spec.variant or qa.default_variant.get(device) or "fp32"
-    if variant not in ONNX_FILES:
-        raise EngineError(f"unknown variant '{variant}'; choose from {list(ONNX_FILES)}")
-    if variant.startswith("int8") and device == "cuda":
-        raise EngineError(f"the {variant} variant runs on the CPU provider only; use fp16 or fp32 on CUDA")
-    predictor = OrtPredictor(model_dir / ONNX_FILES[variant], device, spec.threads, variant, spec.spinning)
+    variant = spec.variant or default_variant(qa, device)
+    predictor = onnx_predictor(model_dir, variant, device, spec.threads, spec.spinning)
     return Engine.single(predictor, load_tokenizer(str(model_dir)), qa, settings, source)
 
 
 def _torch_model(spec: EngineSpec, model_dir: Path, device: str, settings: BatchSettings, source: dict) -> Engine:
     from toolkit.modeling import load_for_inference
 
-    if spec.variant not in (None, "fp32", "fp16"):
-        raise EngineError(f"the torch engine runs fp32 or fp16 (CUDA), not '{spec.variant}'")
+    if spec.variant not in (None, "fp32", "fp16", "bf16"):
+        raise EngineError(f"the torch engine runs fp32, fp16 (CUDA) or bf16 (CPU with native bf16), not '{spec.variant}'")
     if spec.variant == "fp16" and device != "cuda":
-        raise EngineError("fp16 needs CUDA; the torch engine runs fp32 on the CPU")
+        raise EngineError("fp16 needs CUDA; the torch engine runs fp32 or bf16 on the CPU")
+    if spec.variant == "bf16" and (device != "cpu" or not native_bf16()):
+        raise EngineError("bf16 runs on a CPU with native bf16 (AVX512-BF16 or AMX) only; elsewhere it would be "
+                          "emulated, slower than fp32")
     model, tokenizer, qa = load_for_inference(model_dir)
     _set_torch_threads(spec.threads)
-    return Engine.single(TorchPredictor(model, device, fp16=spec.variant == "fp16"), tokenizer, qa, settings, source)
+    predictor = TorchPredictor(model, device, fp16=spec.variant == "fp16", bf16=spec.variant == "bf16")
+    return Engine.single(predictor, tokenizer, qa, settings, source)
 
 
 def _model_dir(spec: EngineSpec, model_dir: Path, device: str, settings: BatchSettings) -> Engine:

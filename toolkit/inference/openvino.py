@@ -1,32 +1,71 @@
-"""OpenVINO on the CPU behind the Predictor protocol (the `peers` extra): our padded batches in, logits out."""
+"""OpenVINO on the CPU behind the Predictor protocol: the IR files `export` writes beside the ONNX ones, our
+padded batches in, logits out. The same IR runs at fp32 or bf16 inference precision (OpenVINO's own choice on a
+CPU with native bf16 is bf16); the variant names the IR and the precision, so that a gated variant always runs
+as it was gated."""
 
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from toolkit.inference.predictors import EngineError
+from toolkit.runtime import native_bf16
+
+# variant -> (IR file in the export's onnx/ directory, inference precision)
+OPENVINO_VARIANTS = {
+    "ov-fp32": ("openvino_model.xml", "f32"),
+    "ov-bf16": ("openvino_model.xml", "bf16"),
+    "ov-int8": ("openvino_model_int8.xml", "f32"),  # NNCF int8 matmuls, the rest in fp32
+    "ov-int8-bf16": ("openvino_model_int8.xml", "bf16"),  # NNCF int8 matmuls, the rest in bf16
+}
+
+
+def openvino_missing() -> str | None:
+    """Why OpenVINO cannot run here (None when it can)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError as e:
+        return f"OpenVINO is not installed: pip install 'qa-toolkit[cpu]' ({e})"
+    return None
+
+
+def unusable_here(variant: str) -> str | None:
+    """Why an OpenVINO variant cannot run as gated on this machine (None when it can): bf16 inference needs a
+    CPU with native bf16 (AVX512-BF16 or AMX); elsewhere it would be emulated, slower and not what was gated."""
+    if variant not in OPENVINO_VARIANTS:
+        return None
+    missing = openvino_missing()
+    if missing:
+        return missing
+    if OPENVINO_VARIANTS[variant][1] == "bf16" and not native_bf16():
+        return f"{variant} needs a CPU with native bf16 (AVX512-BF16 or AMX); this one would emulate it"
+    return None
 
 
 class OpenVinoPredictor:
-    """An OpenVINO CPU model (an ov.Model or an IR/ONNX path) on our padded batches. precision "f32" pins fp32
-    (so that only int8 differs from PyTorch); None keeps OpenVINO's default (bf16 where the CPU has it)."""
+    """An OpenVINO CPU model (an ov.Model or an IR/ONNX path) at one inference precision ("f32" or "bf16"),
+    latency mode (one stream over all its threads). One infer request, used by one thread at a time."""
 
-    def __init__(self, model, threads: int, variant: str, precision: str | None = "f32"):
-        try:
-            import openvino as ov
-        except ImportError as e:
-            raise EngineError(f"OpenVINO needs the peers extra: pip install 'qa-toolkit[peers]' ({e})") from None
-        config = {"INFERENCE_NUM_THREADS": str(threads), "PERFORMANCE_HINT": "LATENCY"}
-        if precision:
-            config["INFERENCE_PRECISION_HINT"] = precision
+    def __init__(self, model, threads: int, variant: str, precision: str = "f32"):
+        missing = openvino_missing()
+        if missing:
+            raise EngineError(missing)
+        import openvino as ov
+
+        if isinstance(model, (str, Path)) and not Path(model).exists():
+            raise EngineError(f"OpenVINO model not found: {model} (export it with `qa-toolkit export`)")
         core = ov.Core()
         source = core.read_model(str(model)) if isinstance(model, (str, Path)) else model
-        self.compiled = core.compile_model(source, "CPU", config)
+        self.compiled = core.compile_model(source, "CPU", {"INFERENCE_NUM_THREADS": str(threads),
+                                                           "PERFORMANCE_HINT": "LATENCY",
+                                                           "INFERENCE_PRECISION_HINT": precision})
         self.request = self.compiled.create_infer_request()
         self.names = [i.get_any_name() for i in self.compiled.inputs]
-        self.provider, self.variant, self.device = "OpenVINO-CPU", variant, "cpu"
+        self.outputs = self.compiled.output("start_logits"), self.compiled.output("end_logits")
+        self.lock = threading.Lock()
+        self.provider, self.variant, self.device, self.precision = "OpenVINO-CPU", variant, "cpu", precision
 
     def logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        out = self.request.infer({k: batch[k] for k in self.names})  # arrays reused by the next call: copy
-        return (np.array(out[self.compiled.output("start_logits")], np.float32),
-                np.array(out[self.compiled.output("end_logits")], np.float32))
+        with self.lock:
+            out = self.request.infer({k: batch[k] for k in self.names})  # arrays reused by the next call: copy
+            return np.array(out[self.outputs[0]], np.float32), np.array(out[self.outputs[1]], np.float32)

@@ -58,7 +58,8 @@ class TorchPredictor:
     Views made by with_adapter share the model, and one lock: PEFT switches adapters by setting the model's
     active adapter, so the switch and the forward pass that follows must not interleave with another thread's."""
 
-    def __init__(self, model, device: str = "cpu", fp16: bool = False):
+    def __init__(self, model, device: str = "cpu", fp16: bool = False, bf16: bool = False):
+        """fp16: half-precision weights (CUDA); bf16: bf16 autocast (a CPU with native bf16), fp32 weights."""
         import torch
 
         self.torch = torch
@@ -66,8 +67,9 @@ class TorchPredictor:
         self.model = model.to(device).eval()
         if fp16:
             self.model = self.model.half()
+        self.bf16 = bf16
         self.provider = f"torch-{device}"
-        self.variant = "torch-fp16" if fp16 else "torch-fp32"
+        self.variant = "torch-fp16" if fp16 else "torch-bf16" if bf16 else "torch-fp32"
         self.adapter: str | None = None
         self.lock = threading.Lock()
 
@@ -80,7 +82,7 @@ class TorchPredictor:
     def logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
         inputs = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
-        with self.lock, torch.inference_mode():
+        with self.lock, torch.inference_mode(), torch.autocast(self.device, torch.bfloat16, enabled=self.bf16):
             if self.adapter is not None and self.model.active_adapter != self.adapter:
                 self.model.set_adapter(self.adapter)
             out = self.model(**inputs)

@@ -1,0 +1,101 @@
+"""OpenVINO as an engine and the CPU default: the IR variants serve like the ONNX ones, a default measured on one
+CPU class falls back to a gated variant on another, and bf16 never runs emulated."""
+
+import dataclasses
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import fixture_lines, write_jsonl
+from toolkit.cli import main
+from toolkit.config import QAConfig
+from toolkit.inference import EngineError, EngineSpec, load_engine
+from toolkit.inference import openvino as ov_mod
+from toolkit.inference.loading import default_variant
+from toolkit.serving.server import server_variant
+
+
+def serve(*args):
+    return CliRunner().invoke(main, ["serve-batch", *args, "--device", "cpu"], catch_exceptions=False)
+
+
+def answers(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_openvino_fp32_answers_like_onnx_runtime_and_int8_serves(exported_bert, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", fixture_lines())
+    rows = {}
+    for variant in ("fp32", "ov-fp32", "ov-int8"):
+        out = tmp_path / f"{variant}.jsonl"
+        result = serve(str(src), "--model", str(exported_bert / "onnx"), "--variant", variant, "-o", str(out))
+        assert result.exit_code == 0, result.output
+        rows[variant] = answers(out)
+    key = ("id", "answer", "start", "end", "no_answer", "best_span")
+    assert [tuple(r[k] for k in key) for r in rows["ov-fp32"]] == [tuple(r[k] for k in key) for r in rows["fp32"]]
+    for a, b in zip(rows["ov-fp32"], rows["fp32"]):
+        assert a["start_confidence"] == pytest.approx(b["start_confidence"], abs=1e-4)
+    assert [r["id"] for r in rows["ov-int8"]] == [r["id"] for r in rows["fp32"]]
+    assert all("error" not in r for r in rows["ov-int8"])
+
+
+def test_cpu_default_falls_back_to_a_gated_variant_where_bf16_is_not_native(monkeypatch):
+    qa = QAConfig(base_model="b", model_type="bert", default_variant={"cpu": "ov-int8-bf16", "cuda": "fp16"},
+                  cpu_ranking=["ov-int8-bf16", "ov-bf16", "int8", "fp32"])
+    monkeypatch.setattr(ov_mod, "native_bf16", lambda: True)
+    assert default_variant(qa, "cpu") == "ov-int8-bf16" and default_variant(qa, "cuda") == "fp16"
+    monkeypatch.setattr(ov_mod, "native_bf16", lambda: False)
+    assert default_variant(qa, "cpu") == "int8"  # the next gated variant, never an ungated one
+    monkeypatch.setattr(ov_mod, "openvino_missing", lambda: "OpenVINO is not installed")
+    assert default_variant(dataclasses.replace(qa, cpu_ranking=["ov-int8", "opt"]), "cpu") == "opt"
+    assert default_variant(QAConfig(base_model="b", model_type="bert", default_variant={"cpu": "int8"}), "cpu") == "int8"
+
+
+def test_bf16_is_refused_where_it_would_be_emulated(exported_bert, monkeypatch):
+    monkeypatch.setattr(ov_mod, "native_bf16", lambda: False)
+    with pytest.raises(EngineError, match="native bf16"):
+        load_engine(EngineSpec(model=str(exported_bert / "onnx"), variant="ov-bf16", device="cpu"))
+    monkeypatch.setattr("toolkit.inference.loading.native_bf16", lambda: False)
+    with pytest.raises(EngineError, match="native bf16"):
+        load_engine(EngineSpec(model=str(exported_bert / "merged"), engine="torch", variant="bf16", device="cpu"))
+    with pytest.raises(EngineError, match="unknown variant 'ov-int4'"):
+        load_engine(EngineSpec(model=str(exported_bert / "onnx"), variant="ov-int4", device="cpu"))
+
+
+def test_variant_missing_from_the_export_is_named(exported_bert, tmp_path):
+    onnx = tmp_path / "onnx"
+    onnx.mkdir()
+    for f in (exported_bert / "onnx").iterdir():
+        if not f.name.startswith("openvino_model_int8"):
+            (onnx / f.name).symlink_to(f)
+    with pytest.raises(EngineError, match="no openvino_model_int8.xml for ov-int8"):
+        load_engine(EngineSpec(model=str(onnx), variant="ov-int8", device="cpu"))
+
+
+def test_torch_bf16_answers_close_to_fp32(exported_bert):
+    if not ov_mod.native_bf16():
+        pytest.skip("bf16 is emulated on this CPU: the torch engine refuses it (tested above)")
+    lines = fixture_lines()
+    q, c = [r["question"] for r in lines], [r["context"] for r in lines]
+    fp32 = load_engine(EngineSpec(model=str(exported_bert / "merged"), engine="torch", device="cpu")).answer(q, c)
+    engine = load_engine(EngineSpec(model=str(exported_bert / "merged"), engine="torch", variant="bf16", device="cpu"))
+    assert engine.served().predictor.variant == "torch-bf16"
+    bf16 = engine.answer(q, c)
+    assert max(abs(a.score - b.score) for a, b in zip(fp32, bf16) if a.start is not None) < 0.5
+
+
+def test_server_never_defaults_to_a_variant_whose_answers_depend_on_the_batch(exported_bert, tmp_path):
+    onnx = tmp_path / "onnx"
+    onnx.mkdir()
+    for f in (exported_bert / "onnx").iterdir():
+        if f.name != "qa_config.json":
+            (onnx / f.name).symlink_to(f)
+    qa = QAConfig.load(exported_bert / "onnx")
+    manifest = json.loads((exported_bert / "onnx" / "export_manifest.json").read_text())
+    invariant = [v for v in ("ov-fp32", "opt", "fp32") if manifest["variants"][v]["passed"]]
+    qa.cpu_ranking = ["ov-int8", *invariant]
+    qa.default_variant = {**qa.default_variant, "cpu": "ov-int8"}
+    qa.save(onnx)
+    chosen = server_variant(EngineSpec(model=str(onnx)))
+    assert chosen in invariant and chosen == max(invariant, key=lambda v: manifest["variants"][v]["questions_per_second"])
