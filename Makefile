@@ -39,7 +39,7 @@ test: install
 demo: install
 	@test ! -e $(DEMO) || { echo "$(DEMO) exists; run make demo DEMO=models/other"; exit 1; }
 	$(BIN)/qa-toolkit export --merge --adapter $(REFERENCE)/adapter --output-dir $(DEMO)/export \
-	  --variants fp32,int8 --eval-file "$(V11_EVAL)&samples=300" --eval-samples 300
+	  --variants fp32,int8,ov-bf16,ov-int8,ov-int8-bf16 --eval-file "$(V11_EVAL)&samples=300" --eval-samples 300
 	$(BIN)/qa-toolkit to-jsonl "$(V11_EVAL)&samples=1000" $(DEMO)/dev-sample.jsonl
 	$(BIN)/qa-toolkit serve-batch $(DEMO)/dev-sample.jsonl --model $(DEMO)/export/onnx -o $(DEMO)/dev-sample.answers.jsonl
 	$(BIN)/qa-toolkit score $(DEMO)/dev-sample.answers.jsonl --references "$(V11_EVAL)&samples=1000" --examples 3

@@ -166,9 +166,10 @@ def machine_peaks(threads: int) -> dict:
 
 def peak_for(variant: str, peaks: dict) -> float:
     """The peak a variant's matmuls can reach: the integer kernel's rate for int8 (u8 weights for the
-    -u8 variants, s8 otherwise), bf16's for bf16 (int8 with bf16 elsewhere: int8's), fp32 for the others."""
+    -u8 variants, s8 otherwise), bf16's for bf16 (int8 with bf16 elsewhere: int8's), the faster fp32 rate (torch or
+    ONNX Runtime) for the others."""
     if "int8" in variant:
         return peaks["int8_u8u8_onnxruntime" if variant.endswith("u8") else "int8_u8s8_onnxruntime"]
     if "bf16" in variant:
         return peaks["bf16_torch"]
-    return peaks["fp32_torch"]
+    return max(peaks["fp32_torch"], peaks.get("fp32_onnxruntime", 0.0))  # the faster of the two fp32 kernels

@@ -149,14 +149,16 @@ def accuracy_pass(predictors: dict, engine_qa: QAConfig, examples, features, pad
     seconds = {n: 0.0 for n in names}
     start = {n: [None] * len(features) for n in names}
     end = {n: [None] * len(features) for n in names}
-    settings = BatchSettings.for_device("cuda" if cuda_available() else "cpu", batch_size)
+    default = BatchSettings.for_device("cuda" if cuda_available() else "cpu", batch_size)
+    settings = {n: BatchSettings.for_openvino(batch_size) if predictors[n].provider == "OpenVINO-CPU" else default
+                for n in names}  # each variant batched as it serves
     for c, first in enumerate(range(0, len(features), chunk)):
         rows = list(range(first, min(first + chunk, len(features))))
         part = Features(inputs={k: [v[i] for i in rows] for k, v in features.inputs.items()},
                         example_index=[0] * len(rows), offsets=[])
         for n in names[c % len(names):] + names[:c % len(names)]:
             t = time.perf_counter()
-            s, e = feature_logits(predictors[n], part, pad_id, settings)
+            s, e = feature_logits(predictors[n], part, pad_id, settings[n])
             seconds[n] += time.perf_counter() - t
             for r, i in enumerate(rows):
                 start[n][i], end[n][i] = s[r], e[r]

@@ -29,7 +29,7 @@ def _peaks_line(results: dict) -> str:
             f"int8 {peaks['int8_u8s8_onnxruntime'] / 1e9:.1f} U8S8 / {peaks['int8_u8u8_onnxruntime'] / 1e9:.1f} U8U8 "
             f"(ONNX Runtime MatMulInteger{', VNNI' if peaks['int8_vnni'] else ', no VNNI'}), "
             f"bf16 {peaks['bf16_torch'] / 1e9:.1f} (torch{'' if peaks['bf16_native'] else ', not native on this CPU'}). "
-            "Fraction of the peak that applies (int8 for int8 variants, bf16 for bf16, fp32 otherwise) reached over the whole eval "
+            "Fraction of the peak that applies (int8 for int8 variants, bf16 for bf16, the faster fp32 otherwise) reached over the whole eval "
             "pass: " + ", ".join(f"{v} {100 * r['eval_roofline_fraction']:.0f}%" for v, r in rows.items()) + ".")
 
 

@@ -127,12 +127,14 @@ def calibration(cfg: ExportConfig, train_manifest: dict, tokenizer, qa) -> list:
     return calibration_windows(tokenizer, qa, spec, cfg.calibration_samples, cfg.seed)
 
 
-def variant_predictor(name: str, onnx_dir: Path):
-    """The predictor a variant's parity is measured with, and its file."""
+def variant_engine(name: str, onnx_dir: Path, tokenizer, qa) -> tuple[Engine, str]:
+    """The engine a variant's parity is measured with, batching as it will serve, and the variant's file."""
     if name in OPENVINO_VARIANTS:
         file, precision = OPENVINO_VARIANTS[name]
-        return OpenVinoPredictor(onnx_dir / file, default_threads(), name, precision), file
-    return OrtPredictor(onnx_dir / ONNX_FILES[name], "cuda" if name == "fp16" else "cpu", variant=name), ONNX_FILES[name]
+        predictor = OpenVinoPredictor(onnx_dir / file, default_threads(), name, precision)
+        return Engine.single(predictor, tokenizer, qa, BatchSettings.for_openvino()), file
+    predictor = OrtPredictor(onnx_dir / ONNX_FILES[name], "cuda" if name == "fp16" else "cpu", variant=name)
+    return Engine.single(predictor, tokenizer, qa, BatchSettings.for_device(predictor.device)), ONNX_FILES[name]
 
 
 def check_variants(cfg: ExportConfig, onnx_dir: Path, skipped: dict, reference: dict, tokenizer, qa,
@@ -143,9 +145,9 @@ def check_variants(cfg: ExportConfig, onnx_dir: Path, skipped: dict, reference: 
         if name in skipped:
             variants[name] = {"file": None, "passed": False, "reason": skipped[name]}
             continue
-        predictor, file = variant_predictor(name, onnx_dir)
-        result = parity(reference, Engine.single(predictor, tokenizer, qa), examples, features)
-        result.update(file=file, size_bytes=size_bytes(onnx_dir / file), provider=predictor.provider)
+        engine, file = variant_engine(name, onnx_dir, tokenizer, qa)
+        result = parity(reference, engine, examples, features)
+        result.update(file=file, size_bytes=size_bytes(onnx_dir / file), provider=engine.served().predictor.provider)
         reason = gate(result, cfg.max_drop)
         result["passed"] = reason is None
         if reason:

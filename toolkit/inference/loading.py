@@ -144,6 +144,8 @@ def _onnx_model(spec: EngineSpec, model_dir: Path, device: str, settings: BatchS
     qa = QAConfig.load(model_dir)
     variant = spec.variant or default_variant(qa, device)
     predictor = onnx_predictor(model_dir, variant, device, spec.threads, spec.spinning)
+    if variant in OPENVINO_VARIANTS:
+        settings = BatchSettings.for_openvino(spec.batch_size, spec.max_batch_tokens)
     return Engine.single(predictor, load_tokenizer(str(model_dir)), qa, settings, source)
 
 
