@@ -94,8 +94,19 @@ def test_server_never_defaults_to_a_variant_whose_answers_depend_on_the_batch(ex
     qa = QAConfig.load(exported_bert / "onnx")
     manifest = json.loads((exported_bert / "onnx" / "export_manifest.json").read_text())
     invariant = [v for v in ("ov-fp32", "opt", "fp32") if manifest["variants"][v]["passed"]]
-    qa.cpu_ranking = ["ov-int8", *invariant]
-    qa.default_variant = {**qa.default_variant, "cpu": "ov-int8"}
+    qa.cpu_ranking = ["int8", *invariant]  # dynamic int8: activation scales per batch
+    qa.default_variant = {**qa.default_variant, "cpu": "int8"}
     qa.save(onnx)
     chosen = server_variant(EngineSpec(model=str(onnx)))
     assert chosen in invariant and chosen == max(invariant, key=lambda v: manifest["variants"][v]["questions_per_second"])
+
+
+def test_openvino_answers_do_not_depend_on_the_batch(exported_bert):
+    """Each window padded to its own multiple of 16 tokens: alone or batched with others, the same logits."""
+    lines = fixture_lines()
+    q, c = [r["question"] for r in lines], [r["context"] for r in lines]
+    engine = load_engine(EngineSpec(model=str(exported_bert / "onnx"), variant="ov-int8", device="cpu"))
+    assert engine.settings.bucket == 16
+    alone = [engine.answer([a], [b])[0] for a, b in zip(q, c)]
+    assert alone == engine.answer(q, c)
+    assert len({len(x) for x in q}) > 1  # questions of several lengths shared those batches

@@ -274,7 +274,7 @@ def serve(host, port, max_batch_questions, max_wait_ms, max_queue, request_timeo
           max_context_tokens, api_key_file, cors_origins, ray_address, replicas, threads_per_replica, **flags):
     """Answer questions over HTTP (Hugging Face question-answering API), with dynamic batching. Without --variant
     it serves the export's CPU/CUDA default when that cannot make a request's answer depend on its batch-mates,
-    else the fastest gated variant that cannot (never dynamic int8)."""
+    else the fastest gated variant that cannot (never dynamic int8; OpenVINO's pad each window on its own)."""
     import os
 
     from toolkit.serving.batcher import BatcherConfig
