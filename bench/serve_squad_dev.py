@@ -17,8 +17,8 @@ from toolkit.bench.peers import PEERS, run_peer
 from toolkit.bench.results import machine_line, stamp, write_results
 from toolkit.config import QAConfig
 from toolkit.exporting.common import calibration_windows
-from toolkit.inference import ONNX_FILES
-from toolkit.inference.openvino import OPENVINO_VARIANTS, unusable_here
+from toolkit.inference.loading import variant_file
+from toolkit.inference.openvino import unusable_here
 from toolkit.metrics import score_answer_file
 from toolkit.modeling import load_tokenizer
 from toolkit.runtime import default_threads
@@ -26,10 +26,6 @@ from toolkit.serving import serve_batch
 
 RUNS = [("onnx", "fp32"), ("onnx", "opt"), ("onnx", "int8"), ("onnx", "int8-u8"), ("onnx", "ov-bf16"), ("onnx", "ov-int8"),
         ("onnx", "ov-int8-bf16"), ("torch", None)]  # OpenVINO variants that cannot run here as gated are left out
-
-
-def variant_file(variant: str) -> str:
-    return OPENVINO_VARIANTS[variant][0] if variant in OPENVINO_VARIANTS else ONNX_FILES[variant]
 
 
 STAGES = ("read", "checks", "tokenise", "infer", "postprocess", "format", "write", "other")

@@ -21,9 +21,9 @@ from toolkit.bench.results import stamp, write_results
 from toolkit.config import QAConfig
 from toolkit.exporting.common import calibration_windows, size_bytes
 from toolkit.features import Features, build_features
-from toolkit.inference import ONNX_FILES, BatchSettings, TorchPredictor
+from toolkit.inference import ONNX_FILES, TorchPredictor
 from toolkit.inference.batching import feature_logits, pad_batch
-from toolkit.inference.loading import onnx_predictor
+from toolkit.inference.loading import onnx_predictor, variant_file, variant_settings
 from toolkit.inference.openvino import OPENVINO_VARIANTS, unusable_here
 from toolkit.metrics import squad_scores
 from toolkit.postprocess import answer_all
@@ -105,16 +105,14 @@ def make_predictor(variant: str, onnx_dir: Path, torch_dir: Path, threads: int):
     return onnx_predictor(onnx_dir, kind, "cuda" if kind == "fp16" else "cpu", threads)
 
 
-def variant_file(variant: str, onnx_dir: Path) -> Path:
-    if variant in OPENVINO_VARIANTS:
-        return onnx_dir / OPENVINO_VARIANTS[variant][0]
-    return onnx_dir / ONNX_FILES[variant.removeprefix("onnx-")]
+def variant_path(variant: str, onnx_dir: Path) -> Path:
+    return onnx_dir / variant_file(variant.removeprefix("onnx-"))
 
 
 def file_size(variant: str, onnx_dir: Path, torch_dir: Path) -> int:
     if variant.startswith("torch"):
         return sum(p.stat().st_size for p in torch_dir.glob("*.safetensors"))
-    return size_bytes(variant_file(variant, onnx_dir))
+    return size_bytes(variant_path(variant, onnx_dir))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -130,7 +128,7 @@ def _memory_probe(args: tuple) -> dict:
     baseline = peak_rss_mb()
     predictor = make_predictor(variant, Path(onnx_dir), Path(torch_dir), threads)
     features = Features(inputs=features_inputs, example_index=[0] * len(features_inputs["input_ids"]), offsets=[])
-    feature_logits(predictor, features, pad_id, BatchSettings.for_device(predictor.device))
+    feature_logits(predictor, features, pad_id, variant_settings(predictor.variant, predictor.device))
     peak = peak_rss_mb()
     return {"peak_rss_mb": peak, "above_baseline_mb": peak - baseline}
 
@@ -149,9 +147,8 @@ def accuracy_pass(predictors: dict, engine_qa: QAConfig, examples, features, pad
     seconds = {n: 0.0 for n in names}
     start = {n: [None] * len(features) for n in names}
     end = {n: [None] * len(features) for n in names}
-    default = BatchSettings.for_device("cuda" if cuda_available() else "cpu", batch_size)
-    settings = {n: BatchSettings.for_openvino(batch_size) if predictors[n].provider == "OpenVINO-CPU" else default
-                for n in names}  # each variant batched as it serves
+    device = "cuda" if cuda_available() else "cpu"
+    settings = {n: variant_settings(predictors[n].variant, device, batch_size) for n in names}  # batched as it serves
     for c, first in enumerate(range(0, len(features), chunk)):
         rows = list(range(first, min(first + chunk, len(features))))
         part = Features(inputs={k: [v[i] for i in rows] for k, v in features.inputs.items()},
@@ -218,7 +215,7 @@ def runnable_variants(cfg: BenchConfig, onnx_dir: Path, log) -> tuple[list[str],
     variants = [v for v in cfg.variants if v not in skipped]
     for v, why in skipped.items():
         log(f"skipping {v}: {why}")
-    missing = [v for v in variants if not v.startswith("torch") and not variant_file(v, onnx_dir).exists()]
+    missing = [v for v in variants if not v.startswith("torch") and not variant_path(v, onnx_dir).exists()]
     if missing:
         raise BenchError(f"{onnx_dir} has no file for {missing}; export those variants first")
     return variants, skipped

@@ -25,9 +25,10 @@ from toolkit.exporting.common import (
 from toolkit.exporting.parity import describe, fastest, gate, parity, ranking, reference_run
 from toolkit.exporting.variants import build_openvino, build_variants
 from toolkit.features import build_features
-from toolkit.inference import ONNX_FILES, BatchSettings, Engine, OrtPredictor, TorchPredictor
-from toolkit.inference.openvino import OPENVINO_VARIANTS, OpenVinoPredictor
-from toolkit.runtime import cpu_features, cpu_name, default_threads
+from toolkit.inference import ONNX_FILES, BatchSettings, Engine, TorchPredictor
+from toolkit.inference.loading import onnx_predictor, variant_file, variant_settings
+from toolkit.inference.openvino import OPENVINO_VARIANTS
+from toolkit.runtime import cpu_features, cpu_name
 
 CPU_CANDIDATES = ("fp32", "opt", "int8", "int8-u8", *OPENVINO_VARIANTS)
 CUDA_PREFERENCE = ("fp16", "opt", "fp32")
@@ -127,16 +128,6 @@ def calibration(cfg: ExportConfig, train_manifest: dict, tokenizer, qa) -> list:
     return calibration_windows(tokenizer, qa, spec, cfg.calibration_samples, cfg.seed)
 
 
-def variant_engine(name: str, onnx_dir: Path, tokenizer, qa) -> tuple[Engine, str]:
-    """The engine a variant's parity is measured with, batching as it will serve, and the variant's file."""
-    if name in OPENVINO_VARIANTS:
-        file, precision = OPENVINO_VARIANTS[name]
-        predictor = OpenVinoPredictor(onnx_dir / file, default_threads(), name, precision)
-        return Engine.single(predictor, tokenizer, qa, BatchSettings.for_openvino()), file
-    predictor = OrtPredictor(onnx_dir / ONNX_FILES[name], "cuda" if name == "fp16" else "cpu", variant=name)
-    return Engine.single(predictor, tokenizer, qa, BatchSettings.for_device(predictor.device)), ONNX_FILES[name]
-
-
 def check_variants(cfg: ExportConfig, onnx_dir: Path, skipped: dict, reference: dict, tokenizer, qa,
                    examples, features, log) -> dict:
     """Every variant's parity result against PyTorch, gated."""
@@ -145,9 +136,12 @@ def check_variants(cfg: ExportConfig, onnx_dir: Path, skipped: dict, reference: 
         if name in skipped:
             variants[name] = {"file": None, "passed": False, "reason": skipped[name]}
             continue
-        engine, file = variant_engine(name, onnx_dir, tokenizer, qa)
-        result = parity(reference, engine, examples, features)
-        result.update(file=file, size_bytes=size_bytes(onnx_dir / file), provider=engine.served().predictor.provider)
+        device = "cuda" if name == "fp16" else "cpu"  # the variant batched as it will serve
+        predictor = onnx_predictor(onnx_dir, name, device, None)
+        result = parity(reference, Engine.single(predictor, tokenizer, qa, variant_settings(name, device)),
+                        examples, features)
+        file = variant_file(name)
+        result.update(file=file, size_bytes=size_bytes(onnx_dir / file), provider=predictor.provider)
         reason = gate(result, cfg.max_drop)
         result["passed"] = reason is None
         if reason:

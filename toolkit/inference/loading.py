@@ -118,6 +118,19 @@ def default_variant(qa: QAConfig, device: str) -> str:
     return next((v for v in ranked if unusable_here(v) is None), "fp32")
 
 
+def variant_file(variant: str) -> str:
+    """The file an exported variant runs from, in the export's onnx/ directory."""
+    return OPENVINO_VARIANTS[variant][0] if variant in OPENVINO_VARIANTS else ONNX_FILES[variant]
+
+
+def variant_settings(variant: str, device: str, batch_size: int | None = None,
+                     max_batch_tokens: int | None = None) -> BatchSettings:
+    """How a variant batches, as measured per engine: OpenVINO's own defaults for ov-*, the device's otherwise."""
+    if variant in OPENVINO_VARIANTS:
+        return BatchSettings.for_openvino(batch_size, max_batch_tokens)
+    return BatchSettings.for_device(device, batch_size, max_batch_tokens)
+
+
 def onnx_predictor(model_dir: Path, variant: str, device: str, threads: int | None, spinning: bool = True):
     """The predictor of one exported variant: an ONNX Runtime session, or OpenVINO for the ov-* variants."""
     if variant in OPENVINO_VARIANTS:
@@ -144,8 +157,7 @@ def _onnx_model(spec: EngineSpec, model_dir: Path, device: str, settings: BatchS
     qa = QAConfig.load(model_dir)
     variant = spec.variant or default_variant(qa, device)
     predictor = onnx_predictor(model_dir, variant, device, spec.threads, spec.spinning)
-    if variant in OPENVINO_VARIANTS:
-        settings = BatchSettings.for_openvino(spec.batch_size, spec.max_batch_tokens)
+    settings = variant_settings(variant, device, spec.batch_size, spec.max_batch_tokens)
     return Engine.single(predictor, load_tokenizer(str(model_dir)), qa, settings, source)
 
 
