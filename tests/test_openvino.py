@@ -110,3 +110,23 @@ def test_openvino_answers_do_not_depend_on_the_batch(exported_bert):
     alone = [engine.answer([a], [b])[0] for a, b in zip(q, c)]
     assert alone == engine.answer(q, c)
     assert len({len(x) for x in q}) > 1  # questions of several lengths shared those batches
+
+
+def test_batches_side_by_side_on_streams_give_the_logits_each_gets_alone(exported_bert):
+    """Several batches at once run one per stream (one thread each); a lone batch on all threads: same logits."""
+    import numpy as np
+
+    from toolkit.inference.batching import batches, bucketed, pad_batch
+    from toolkit.inference.predictors import SideBySide
+
+    lines = fixture_lines()
+    engine = load_engine(EngineSpec(model=str(exported_bert / "onnx"), variant="ov-int8", device="cpu", threads=2))
+    predictor = engine.served().predictor
+    assert isinstance(predictor, SideBySide) and predictor.streams is not None
+    features = engine.features([r["question"] for r in lines], [r["context"] for r in lines])
+    lengths = [len(ids) for ids in features.inputs["input_ids"]]
+    padded = [pad_batch(features, rows, 0, bucketed(lengths[rows[0]], 16)) for rows in batches(lengths, 2, 4096, 16)]
+    assert len(padded) >= 3
+    for (s, e), batch in zip(predictor.logits_each(padded), padded, strict=True):
+        alone_s, alone_e = predictor.logits(batch)
+        assert np.array_equal(s, alone_s) and np.array_equal(e, alone_e)

@@ -1,6 +1,7 @@
 """qa-toolkit serve: the HTTP API (Hugging Face's question-answering task) over the same engine and request
 checks as serve-batch, with dynamic batching, bounds, auth, metrics and a graceful stop."""
 
+import asyncio
 import json
 import os
 import signal
@@ -164,6 +165,30 @@ def test_concurrent_requests_are_batched_together_and_answered_alike(tokenizer):
         assert 'qa_requests_total{adapter="-",path="/",status="200"} 16.0' in metrics
         assert "qa_batch_questions_bucket" in metrics and "qa_windows_total" in metrics
         assert "qa_queue_questions" in metrics and "qa_request_seconds_bucket" in metrics
+
+
+def test_a_lone_request_after_a_lone_one_goes_at_once_and_under_load_batches_wait(tokenizer):
+    """The batcher waits up to max_wait_ms for a fuller batch, except for a lone request after a lone one."""
+    from toolkit.serving import Query
+    from toolkit.serving.batcher import Batcher
+
+    async def seconds_to_answer(batcher, n):
+        started = time.perf_counter()
+        await asyncio.gather(*(batcher.submit([Query(i, str(i), "q?", CONTEXT)]) for i in range(n)))
+        return time.perf_counter() - started
+
+    async def scenario():
+        batcher = Batcher(fake_engine(tokenizer), BatcherConfig(max_wait_ms=400, max_batch_questions=8))
+        batcher.start()
+        first = await seconds_to_answer(batcher, 1)  # nothing known yet: waits for a full batch
+        lone = await seconds_to_answer(batcher, 1)  # the last batch had one question: no wait
+        three = await seconds_to_answer(batcher, 3)  # three queued at once go together
+        after = await seconds_to_answer(batcher, 1)  # after a batch of three: waits for more
+        await batcher.stop()
+        return first, lone, three, after
+
+    first, lone, three, after = asyncio.run(scenario())
+    assert first >= 0.4 and lone < 0.2 and three < 0.2 and after >= 0.4, (first, lone, three, after)
 
 
 def test_server_default_variant_is_batch_invariant(exported_bert):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from toolkit.features import Features
-from toolkit.inference.predictors import Predictor
+from toolkit.inference.predictors import Predictor, SideBySide
 
 
 @dataclass
@@ -88,13 +88,16 @@ def pad_batch(features: Features, rows: list[int], pad_id: int, pad_to: int | No
 
 
 def feature_logits(predictor: Predictor, features: Features, pad_id: int, settings: BatchSettings):
-    """Start/end logits of every feature, each cut to its own length, in feature order."""
+    """Start/end logits of every feature, each cut to its own length, in feature order. A predictor that runs
+    several batches side by side (OpenVINO's streams) gets them all at once."""
     lengths = [len(ids) for ids in features.inputs["input_ids"]]
+    groups = batches(lengths, settings.batch_size, settings.max_batch_tokens, settings.bucket)
+    padded = (pad_batch(features, rows, pad_id, settings.pad_to or (bucketed(lengths[rows[0]], settings.bucket)
+                                                                    if settings.bucket else None)) for rows in groups)
+    results = predictor.logits_each(padded) if isinstance(predictor, SideBySide) else map(predictor.logits, padded)
     start: list = [None] * len(features)
     end: list = [None] * len(features)
-    for rows in batches(lengths, settings.batch_size, settings.max_batch_tokens, settings.bucket):
-        width = settings.pad_to or (bucketed(lengths[rows[0]], settings.bucket) if settings.bucket else None)
-        s, e = predictor.logits(pad_batch(features, rows, pad_id, width))
+    for rows, (s, e) in zip(groups, results):
         for r, i in enumerate(rows):
             start[i], end[i] = s[r, :lengths[i]], e[r, :lengths[i]]
     return start, end

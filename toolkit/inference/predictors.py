@@ -6,8 +6,9 @@ returns start/end logits as float32 numpy arrays, so that their answers can be c
 
 import copy
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -34,6 +35,15 @@ class Predictor(Protocol):
 
     def logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(start, end) logits, float32, shape (rows, padded length)."""
+        ...
+
+
+@runtime_checkable
+class SideBySide(Protocol):
+    """A predictor that answers several padded batches at once, side by side, with the logits each would get
+    alone (OpenVINO's streams)."""
+
+    def logits_each(self, batches: Iterable[dict[str, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
         ...
 
 

@@ -1,7 +1,7 @@
 """The online server's dynamic batcher: concurrent requests queue up and are answered together, off the event loop.
 
 One inference thread takes everything queued (up to a question budget), waits up to max_wait_ms for more when
-the batch is not full, and answers it with answer_checked: questions grouped by adapter, their windows
+the batch is not full (unless the load is light: a lone request after a lone one goes at once), and answers it with answer_checked: questions grouped by adapter, their windows
 bucketed by length as in serve-batch. While it runs, new requests queue, so batches grow with the load. The
 queue is bounded (QueueFull -> 503); a request whose caller gave up (timeout, disconnect) is dropped before its
 batch starts, and costs nothing more.
@@ -24,7 +24,7 @@ class QueueFull(RuntimeError):
 @dataclass
 class BatcherConfig:
     max_batch_questions: int = 32  # questions answered in one engine call
-    max_wait_ms: float = 2.0  # how long a batch that is not full waits for more requests
+    max_wait_ms: float = 2.0  # how long a batch that is not full waits for more (not a lone request after a lone one)
     max_queue: int = 256  # questions waiting; beyond it requests are refused (503)
     max_context_tokens: int = MAX_CONTEXT_TOKENS
 
@@ -52,6 +52,7 @@ class Batcher:
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.waiting = 0  # questions queued, not yet taken into a batch
         self.running = False
+        self.last_size = self.cfg.max_batch_questions  # questions in the last batch (1: light load)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qa-inference")
         self.task: asyncio.Task | None = None
 
@@ -78,14 +79,18 @@ class Batcher:
         return future
 
     async def _gather(self) -> list[Pending]:
-        """The next batch: everything queued up to the budget, waiting up to max_wait_ms for a fuller one."""
+        """The next batch: everything queued, up to the budget, waiting up to max_wait_ms for a fuller one, except
+        under light load: a lone request after a batch of one goes at once instead of paying max_wait_ms. (Waiting
+        only for as many as the last batch had settled at concurrency 16 into two alternating batches of 8,
+        which measured slower than one batch of 16.)"""
         batch = [await self.queue.get()]
         size = len(batch[0].queries)
+        expected = 1 if self.last_size == 1 else self.cfg.max_batch_questions
         deadline = time.perf_counter() + self.cfg.max_wait_ms / 1000
         while size < self.cfg.max_batch_questions:
             if self.queue.empty():
                 left = deadline - time.perf_counter()
-                if left <= 0:
+                if size >= expected or left <= 0:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self.queue.get(), left))
@@ -95,6 +100,7 @@ class Batcher:
                 batch.append(self.queue.get_nowait())
             size += len(batch[-1].queries)
         self.waiting -= size
+        self.last_size = size
         return batch
 
     async def _loop(self) -> None:

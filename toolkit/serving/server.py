@@ -155,28 +155,7 @@ def create_app(engine: Engine, cfg: ServerConfig, log: logging.Logger | None = N
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id
-        request.state.log = {}
-        if cfg.api_key and request.url.path not in OPEN_ROUTES and request.method != "OPTIONS" \
-                and not authorised(request, cfg.api_key):
-            response = JSONResponse({"error": "missing or wrong API key: send Authorization: Bearer <key>"}, 401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-        else:
-            try:
-                response = await call_next(request)
-            except Exception:  # noqa: BLE001 - never a traceback to the client; logged here
-                log.exception("request %s failed", request_id)
-                response = JSONResponse({"error": "internal error; see the server log", "request_id": request_id}, 500)
-        seconds = time.perf_counter() - started
-        response.headers["X-Request-ID"] = request_id
-        metrics.observe_request(request.url.path, response.status_code, seconds, request.state.log.get("adapter"))
-        log.info(json.dumps({"request_id": request_id, "method": request.method, "path": request.url.path,
-                             "status": response.status_code, "ms": round(1000 * seconds, 2), **request.state.log}))
-        return response
+    app.add_middleware(Guard, api_key=cfg.api_key, metrics=metrics, log=log)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, e: RequestError):
@@ -198,7 +177,7 @@ def create_app(engine: Engine, cfg: ServerConfig, log: logging.Logger | None = N
             future = batcher.submit(queries, threshold)
         except QueueFull as e:
             raise RequestError(503, f"server busy: {e}; retry later", {"Retry-After": "1"}) from None
-        hangup = asyncio.ensure_future(until_disconnected(request))
+        hangup = asyncio.ensure_future(until_disconnected(request.receive))
         done, _ = await asyncio.wait({future, hangup}, timeout=cfg.request_timeout_s,
                                      return_when=asyncio.FIRST_COMPLETED)
         hangup.cancel()
@@ -256,15 +235,59 @@ def create_app(engine: Engine, cfg: ServerConfig, log: logging.Logger | None = N
     return app
 
 
-def authorised(request: Request, key: str) -> bool:
-    given = request.headers.get("authorization", "")
-    scheme, _, token = given.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), key.encode())
+class Guard:
+    """ASGI middleware around every HTTP request: its id (X-Request-ID, kept from the client or made), the API key
+    (every route but /health; 401), a JSON 500 instead of any traceback, metrics and one JSON log line. Plain ASGI
+    rather than Starlette's BaseHTTPMiddleware: no extra task and stream per request."""
+
+    def __init__(self, app, api_key: str | None, metrics: ServerMetrics, log: logging.Logger):
+        self.app, self.api_key, self.metrics, self.log = app, api_key, metrics, log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"], state["log"] = request_id, {}
+        status = None
+
+        async def send_with_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        path = scope["path"]
+        if self.api_key and path not in OPEN_ROUTES and scope["method"] != "OPTIONS" \
+                and not authorised(headers.get(b"authorization", b""), self.api_key):
+            await JSONResponse({"error": "missing or wrong API key: send Authorization: Bearer <key>"}, 401,
+                               headers={"WWW-Authenticate": "Bearer"})(scope, receive, send_with_id)
+        else:
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception:  # noqa: BLE001 - never a traceback to the client; logged here
+                self.log.exception("request %s failed", request_id)
+                if status is None:
+                    await JSONResponse({"error": "internal error; see the server log", "request_id": request_id},
+                                       500)(scope, receive, send_with_id)
+        seconds = time.perf_counter() - started
+        self.metrics.observe_request(path, status or 500, seconds, state["log"].get("adapter"))
+        self.log.info(json.dumps({"request_id": request_id, "method": scope["method"], "path": path,
+                                  "status": status or 500, "ms": round(1000 * seconds, 2), **state["log"]}))
 
 
-async def until_disconnected(request: Request, every_s: float = 0.5) -> None:
-    while not await request.is_disconnected():
-        await asyncio.sleep(every_s)
+def authorised(header: bytes, key: str) -> bool:
+    scheme, _, token = header.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(token, key.encode())
+
+
+async def until_disconnected(receive) -> None:
+    """Returns when the client hangs up: once the body is read, the server's next message is http.disconnect."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 # Variants whose answers do not depend on what a request is batched with (measured on 300 held-out questions, alone
