@@ -167,28 +167,38 @@ def test_concurrent_requests_are_batched_together_and_answered_alike(tokenizer):
         assert "qa_queue_questions" in metrics and "qa_request_seconds_bucket" in metrics
 
 
-def test_a_lone_request_after_a_lone_one_goes_at_once_and_under_load_batches_wait(tokenizer):
-    """The batcher waits up to max_wait_ms for a fuller batch, except for a lone request after a lone one."""
+def test_the_batcher_waits_for_the_clients_it_answered_last_and_no_one_else(tokenizer):
+    """A batch waits (up to max_wait_ms) only for clients answered in the last batch to send their next question."""
     from toolkit.serving import Query
     from toolkit.serving.batcher import Batcher
 
-    async def seconds_to_answer(batcher, n):
-        started = time.perf_counter()
-        await asyncio.gather(*(batcher.submit([Query(i, str(i), "q?", CONTEXT)]) for i in range(n)))
-        return time.perf_counter() - started
+    engine = fake_engine(tokenizer)
+    calls = engine.served().predictor.batches
+
+    async def ask_as(batcher, *clients, after=0.0):
+        await asyncio.sleep(after)
+        await asyncio.gather(*(batcher.submit([Query(i, c, "q?", CONTEXT)], None, c) for i, c in enumerate(clients)))
+
+    async def timed(*steps):
+        started, before = time.perf_counter(), len(calls)
+        await asyncio.gather(*steps)
+        return time.perf_counter() - started, len(calls) - before
 
     async def scenario():
-        batcher = Batcher(fake_engine(tokenizer), BatcherConfig(max_wait_ms=400, max_batch_questions=8))
+        batcher = Batcher(engine, BatcherConfig(max_wait_ms=400, max_batch_questions=8))
         batcher.start()
-        first = await seconds_to_answer(batcher, 1)  # nothing known yet: waits for a full batch
-        lone = await seconds_to_answer(batcher, 1)  # the last batch had one question: no wait
-        three = await seconds_to_answer(batcher, 3)  # three queued at once go together
-        after = await seconds_to_answer(batcher, 1)  # after a batch of three: waits for more
+        lone = await timed(ask_as(batcher, "a"))  # no one answered before: goes at once
+        again = await timed(ask_as(batcher, "a"))  # the client answered last is back: goes at once
+        await timed(ask_as(batcher, "a", "b", "c"))  # three answered together
+        back = await timed(ask_as(batcher, "a"), ask_as(batcher, "b", "c", after=0.1))  # waits for b and c
+        gone = await timed(ask_as(batcher, "a"), ask_as(batcher, "b"))  # c does not come back: waits max_wait_ms
         await batcher.stop()
-        return first, lone, three, after
+        return lone, again, back, gone
 
-    first, lone, three, after = asyncio.run(scenario())
-    assert first >= 0.4 and lone < 0.2 and three < 0.2 and after >= 0.4, (first, lone, three, after)
+    lone, again, back, gone = asyncio.run(scenario())
+    assert lone[0] < 0.2 and again[0] < 0.2, (lone, again)
+    assert 0.1 <= back[0] < 0.4 and back[1] == 1, back  # one engine call for the three, without waiting it out
+    assert gone[0] >= 0.4 and gone[1] == 1, gone
 
 
 def test_server_default_variant_is_batch_invariant(exported_bert):

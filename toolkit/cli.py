@@ -251,7 +251,7 @@ def serve_batch(input_path, output, chunk_size, max_line_bytes, max_context_toke
 @click.option("--max-batch-questions", type=int, default=32, show_default=True,
               help="Most questions the dynamic batcher answers in one engine call.")
 @click.option("--max-wait-ms", type=float, default=2.0, show_default=True,
-              help="How long a batch that is not full waits for more requests (a lone request after a lone one goes at once).")
+              help="How long a batch waits for the clients answered last to send again (after the latest arrival).")
 @click.option("--max-queue", type=int, default=256, show_default=True,
               help="Most questions waiting; more gets 503 with Retry-After.")
 @click.option("--timeout", "request_timeout_s", type=float, default=30.0, show_default=True,

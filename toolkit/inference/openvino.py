@@ -87,7 +87,10 @@ class OpenVinoPredictor:
         batches = list(batches)
         if self.streams is None or len(batches) < 2:
             return [self.logits(b) for b in batches]
-        return list(self.pool.map(self._on_a_stream, batches))
+        # the largest first: the streams then finish close together instead of one idling through the last one
+        largest_first = sorted(range(len(batches)), key=lambda i: -batches[i]["input_ids"].size)
+        futures = {i: self.pool.submit(self._on_a_stream, batches[i]) for i in largest_first}
+        return [futures[i].result() for i in range(len(batches))]
 
     def _on_a_stream(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         request = self.streams.get()

@@ -1,7 +1,7 @@
 """The online server's dynamic batcher: concurrent requests queue up and are answered together, off the event loop.
 
-One inference thread takes everything queued (up to a question budget), waits up to max_wait_ms for more when
-the batch is not full (unless the load is light: a lone request after a lone one goes at once), and answers it with answer_checked: questions grouped by adapter, their windows
+One inference thread takes everything queued (up to a question budget), waits (up to max_wait_ms after the
+latest arrival) for the clients it answered last to come back with their next question, and answers it with answer_checked: questions grouped by adapter, their windows
 bucketed by length as in serve-batch. While it runs, new requests queue, so batches grow with the load. The
 queue is bounded (QueueFull -> 503); a request whose caller gave up (timeout, disconnect) is dropped before its
 batch starts, and costs nothing more.
@@ -24,7 +24,7 @@ class QueueFull(RuntimeError):
 @dataclass
 class BatcherConfig:
     max_batch_questions: int = 32  # questions answered in one engine call
-    max_wait_ms: float = 2.0  # how long a batch that is not full waits for more (not a lone request after a lone one)
+    max_wait_ms: float = 2.0  # how long a batch waits for the clients answered last, after the latest arrival
     max_queue: int = 256  # questions waiting; beyond it requests are refused (503)
     max_context_tokens: int = MAX_CONTEXT_TOKENS
 
@@ -34,6 +34,7 @@ class Pending:
     queries: list[Query]
     threshold: float | None
     future: asyncio.Future
+    client: object = None  # its connection, when it may send again
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -52,7 +53,7 @@ class Batcher:
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.waiting = 0  # questions queued, not yet taken into a batch
         self.running = False
-        self.last_size = self.cfg.max_batch_questions  # questions in the last batch (1: light load)
+        self.returning: set = set()  # clients answered in the last batch, not yet back with their next question
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qa-inference")
         self.task: asyncio.Task | None = None
 
@@ -67,30 +68,31 @@ class Batcher:
             self.task.cancel()
         self.executor.shutdown(wait=True)
 
-    def submit(self, queries: list[Query], threshold: float | None = None) -> asyncio.Future:
+    def submit(self, queries: list[Query], threshold: float | None = None, client=None) -> asyncio.Future:
         """A future of {line: Answer} for the queries that pass their checks (the others get their error set).
-        Raises QueueFull at once when the queue is full; cancelling the future drops the request if its batch
-        has not started."""
+        client names a keep-alive connection that may send again once answered (None: it will not). Raises
+        QueueFull at once when the queue is full; cancelling the future drops the request if its batch has not
+        started."""
         if self.waiting + len(queries) > self.cfg.max_queue:
             raise QueueFull(f"{self.waiting} questions are waiting (at most {self.cfg.max_queue})")
         future = asyncio.get_running_loop().create_future()
         self.waiting += len(queries)
-        self.queue.put_nowait(Pending(queries, threshold, future))
+        self.returning.discard(client)
+        self.queue.put_nowait(Pending(queries, threshold, future, client))
         return future
 
     async def _gather(self) -> list[Pending]:
-        """The next batch: everything queued, up to the budget, waiting up to max_wait_ms for a fuller one, except
-        under light load: a lone request after a batch of one goes at once instead of paying max_wait_ms. (Waiting
-        only for as many as the last batch had settled at concurrency 16 into two alternating batches of 8,
-        which measured slower than one batch of 16.)"""
+        """The next batch: everything queued, up to the budget; then, while it is not full, it waits for the
+        clients answered in the last batch (on keep-alive connections) to send their next question, up to
+        max_wait_ms after the latest arrival, and for no one else. A lone client goes at once; at concurrency 16
+        the 16 clients are answered together and come back together. (A fixed max_wait_ms from the first arrival
+        split them into two alternating batches of 8, slower than one of 16.)"""
         batch = [await self.queue.get()]
-        size = len(batch[0].queries)
-        expected = 1 if self.last_size == 1 else self.cfg.max_batch_questions
-        deadline = time.perf_counter() + self.cfg.max_wait_ms / 1000
+        size, started = len(batch[0].queries), time.perf_counter()
         while size < self.cfg.max_batch_questions:
             if self.queue.empty():
-                left = deadline - time.perf_counter()
-                if size >= expected or left <= 0:
+                left = max(started, batch[-1].enqueued) + self.cfg.max_wait_ms / 1000 - time.perf_counter()
+                if not self.returning or left <= 0:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self.queue.get(), left))
@@ -100,7 +102,7 @@ class Batcher:
                 batch.append(self.queue.get_nowait())
             size += len(batch[-1].queries)
         self.waiting -= size
-        self.last_size = size
+        self.returning = set()
         return batch
 
     async def _loop(self) -> None:
@@ -116,6 +118,7 @@ class Batcher:
                         results = await loop.run_in_executor(self.executor, self._answer, group, threshold)
                     except Exception as e:  # noqa: BLE001 - handed to every caller of the batch
                         results = [e] * len(group)
+                    self.returning |= {p.client for p in group if p.client is not None}
                     for pending, result in zip(group, results):
                         if pending.future.done():
                             continue

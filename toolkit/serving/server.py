@@ -174,7 +174,7 @@ def create_app(engine: Engine, cfg: ServerConfig, log: logging.Logger | None = N
         queries, threshold, listed = parse_body(raw, cfg.max_inputs, path_adapter)
         request.state.log.update(questions=len(queries), adapter=queries[0].adapter)
         try:
-            future = batcher.submit(queries, threshold)
+            future = batcher.submit(queries, threshold, keep_alive_client(request))
         except QueueFull as e:
             raise RequestError(503, f"server busy: {e}; retry later", {"Retry-After": "1"}) from None
         hangup = asyncio.ensure_future(until_disconnected(request.receive))
@@ -277,6 +277,13 @@ class Guard:
         self.metrics.observe_request(path, status or 500, seconds, state["log"].get("adapter"))
         self.log.info(json.dumps({"request_id": request_id, "method": scope["method"], "path": path,
                                   "status": status or 500, "ms": round(1000 * seconds, 2), **state["log"]}))
+
+
+def keep_alive_client(request: Request):
+    """The connection a client may send its next question on once answered (None when it said it will not)."""
+    if request.scope.get("http_version") == "1.0" or request.headers.get("connection", "").lower() == "close":
+        return None
+    return request.scope.get("client")
 
 
 def authorised(header: bytes, key: str) -> bool:
