@@ -152,12 +152,31 @@ async def closed_loop(url: str, examples, concurrency: int) -> dict:
     seconds = time.perf_counter() - started
     q = statistics.quantiles(latencies, n=100)
     return {"concurrency": concurrency, "questions": len(examples), "seconds": seconds,
-            "questions_per_second": len(examples) / seconds, "p50_ms": 1000 * q[49], "p95_ms": 1000 * q[94],
+            "questions_per_second": len(examples) / seconds, "mean_ms": 1000 * statistics.mean(latencies),
+            "p50_ms": 1000 * q[49], "p95_ms": 1000 * q[94],
             "p99_ms": 1000 * q[98], "statuses": statuses, "answers": answers}
 
 
+def engine_counters(url: str) -> dict[str, float]:
+    """The server's own engine-call tallies from /metrics: calls, seconds in them, questions answered."""
+    wanted = ("qa_batch_seconds_count", "qa_batch_seconds_sum", "qa_batch_questions_sum")
+    lines = httpx.get(url + "/metrics", timeout=10).text.splitlines()
+    return {name: value for name, value in (line.split() for line in lines if line.startswith(wanted))}
+
+
 def sweep(url: str, examples, levels) -> list[dict]:
-    return [asyncio.run(closed_loop(url, examples, c)) for c in levels]
+    """The closed loop at each level, with what the server's engine did meanwhile: questions per engine call,
+    and the mean time of one call, which at concurrency 1 splits a request's latency into the engine's part and
+    the server's (HTTP, checks, queue, the hop to the inference thread and back)."""
+    rows = []
+    for c in levels:
+        before = engine_counters(url)
+        row = asyncio.run(closed_loop(url, examples, c))
+        after = {k: float(v) - float(before[k]) for k, v in engine_counters(url).items()}
+        calls = after["qa_batch_seconds_count"]
+        rows.append({**row, "questions_per_engine_call": after["qa_batch_questions_sum"] / calls,
+                     "engine_call_mean_ms": 1000 * after["qa_batch_seconds_sum"] / calls})
+    return rows
 
 
 async def open_loop(server: Server, examples, rate: float, seconds: float, expected: dict) -> dict:
@@ -252,20 +271,21 @@ def invariance(url: str, examples) -> dict:
 def measure_round(engine, url: str, examples, questions: Path, answers: Path, levels: list[int]) -> dict:
     """One round: serve-batch over the questions (the offline ceiling), the engine alone on 16 questions per call
     (the batches concurrency 16 forms: what batching single-question requests costs before any HTTP) and one
-    question at a time (200 questions), and the server's closed-loop sweep, back to back."""
+    question at a time, and the server's closed-loop sweep, back to back, all on the same questions."""
     summary = serve_batch(engine, str(questions), str(answers), ServeConfig(), progress=False)
     started = time.perf_counter()
     for i in range(0, len(examples), 16):
         engine.answer([e.question for e in examples[i:i + 16]], [e.context for e in examples[i:i + 16]])
     in_sixteens = len(examples) / (time.perf_counter() - started)
     alone = []
-    for e in examples[:200]:
+    for e in examples:  # the sweep's questions: the first 200 alone have contexts a quarter shorter on average
         started = time.perf_counter()
         engine.answer([e.question], [e.context])
         alone.append(time.perf_counter() - started)
     return {"serve_batch_questions_per_second": summary.questions_per_second,
             "engine_16_per_call_questions_per_second": in_sixteens,
-            "engine_single_question_ms": 1000 * statistics.median(alone), "sweep": sweep(url, examples, levels)}
+            "engine_single_question_ms": 1000 * statistics.median(alone),
+            "engine_single_question_mean_ms": 1000 * statistics.mean(alone), "sweep": sweep(url, examples, levels)}
 
 
 def paired(peer_url: str, our_url: str, examples, rounds: int, concurrency: int = 16) -> dict:
@@ -287,7 +307,8 @@ def summarise_rounds(rounds: list[dict]) -> dict:
     out = {"rounds": len(rounds), "serve_batch": {"questions_per_second": med(
         r["serve_batch_questions_per_second"] for r in rounds), "per_round": [
         r["serve_batch_questions_per_second"] for r in rounds]},
-        "engine_single_question_ms": med(r["engine_single_question_ms"] for r in rounds), "sweep": []}
+        "engine_single_question_ms": med(r["engine_single_question_ms"] for r in rounds),
+        "engine_single_question_mean_ms": med(r["engine_single_question_mean_ms"] for r in rounds), "sweep": []}
     sixteens = [r["engine_16_per_call_questions_per_second"] for r in rounds]
     out["engine_16_per_call"] = {"questions_per_second": med(sixteens), "x_serve_batch": med(
         x / r["serve_batch_questions_per_second"] for x, r in zip(sixteens, rounds))}
@@ -299,7 +320,10 @@ def summarise_rounds(rounds: list[dict]) -> dict:
                              **{k: med(row[k] for row in rows) for k in ("questions_per_second", "p50_ms", "p95_ms",
                                                                           "p99_ms")},
                              "x_serve_batch": med(ratios), "x_serve_batch_per_round": ratios,
-                             "p50_over_engine_ms": med(over), "statuses": first["statuses"]})
+                             "p50_over_engine_ms": med(over), "statuses": first["statuses"],
+                             "questions_per_engine_call": med(row["questions_per_engine_call"] for row in rows),
+                             "mean_ms": med(row["mean_ms"] for row in rows),
+                             "engine_call_mean_ms": med(row["engine_call_mean_ms"] for row in rows)})
     return out
 
 
@@ -385,20 +409,28 @@ def markdown(r: dict) -> str:
              f"then the sweep; medians, ratios within a round). Engine alone, one question at a time: "
              f"{r['engine_single_question_ms']:.1f} ms (median). Server answers at concurrency 1 the same as "
              f"serve-batch's (best span and decision): {r['same_as_serve_batch']} of {r['questions']}.", "",
-             "| row | concurrency | q/s | × serve-batch (per round) | p50 ms | p50 − engine alone | p95 ms | p99 ms | statuses |",
-             "|---|---|---|---|---|---|---|---|---|",
-             f"| serve-batch (offline ceiling) | – | {ceiling:.1f} | 1.00 | | | | | |",
+             "| row | concurrency | q/s | × serve-batch (per round) | questions per engine call | p50 ms | "
+             "p50 − engine alone | p95 ms | p99 ms | statuses |",
+             "|---|---|---|---|---|---|---|---|---|---|",
+             f"| serve-batch (offline ceiling) | – | {ceiling:.1f} | 1.00 | | | | | | |",
              f"| engine alone, 16 questions per call (no HTTP) | – | {r['engine_16_per_call']['questions_per_second']:.1f} "
-             f"| {r['engine_16_per_call']['x_serve_batch']:.2f} | | | | | |"]
+             f"| {r['engine_16_per_call']['x_serve_batch']:.2f} | 16 | | | | | |"]
     for row in r["sweep"]:
         per_round = ", ".join(f"{x:.2f}" for x in row["x_serve_batch_per_round"])
         lines.append(f"| qa-toolkit serve | {row['concurrency']} | {row['questions_per_second']:.1f} | "
-                     f"{row['x_serve_batch']:.2f} ({per_round}) | {row['p50_ms']:.1f} | "
+                     f"{row['x_serve_batch']:.2f} ({per_round}) | {row['questions_per_engine_call']:.1f} | {row['p50_ms']:.1f} | "
                      f"{row['p50_over_engine_ms']:+.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} | {row['statuses']} |")
     for name, row in r["peers"].items():
         lines.append(f"| peer: {name} | {row['concurrency']} | {row['questions_per_second']:.1f} | "
-                     f"{row['questions_per_second'] / ceiling:.2f} | {row['p50_ms']:.1f} | | {row['p95_ms']:.1f} | "
+                     f"{row['questions_per_second'] / ceiling:.2f} | | {row['p50_ms']:.1f} | | {row['p95_ms']:.1f} | "
                      f"{row['p99_ms']:.1f} | {row['statuses']} |")
+    one = r["sweep"][0]
+    if one["concurrency"] == 1:
+        lines += ["", f"At concurrency 1 a request takes {one['mean_ms']:.1f} ms on average, of which the server's engine "
+                  f"call (request checks and the engine) {one['engine_call_mean_ms']:.1f} ms: the server and HTTP add "
+                  f"{one['mean_ms'] - one['engine_call_mean_ms']:.1f} ms (medians over rounds). The engine alone in the "
+                  f"load generator's process, one question at a time: {r['engine_single_question_mean_ms']:.1f} ms on "
+                  f"average."]
     per_pair = ", ".join(f"{x:.2f}" for x in naive["ours_over_peer_per_round"])
     lines += ["", f"Ours over the {naive_name} peer, each pair back to back on its {naive['questions']} questions at "
               f"concurrency {naive['concurrency']}: {naive['ours_over_peer']:.2f}x (per pair {per_pair}; ours "
