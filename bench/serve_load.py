@@ -4,10 +4,12 @@ pipeline over ORTModelForQuestionAnswering, one request at a time; Ray Serve ove
 invariance (each question alone vs under load, for the server's variant and for dynamic int8), overload (open
 loop at 2x the measured capacity) and a fuzz of hostile requests.
 
-    python bench/serve_load.py --export models/minilm-squad-lora/export [--questions 1000] [--overload-seconds 60]
+    python bench/serve_load.py --export models/minilm-squad2-lora/export-ov [--questions 1000] [--rounds 3]
+        [--levels 1,4,16,64] [--overload-seconds 60] [--fuzz 5000] [--name serve-load-cpu]
 
 Every server is a separate process (`python -m toolkit.cli serve`, or uvicorn for the naive peer) at --threads;
-the load generator is one asyncio process with a lean keep-alive HTTP/1.1 client. Writes bench/results/<name>/results.json and results.md.
+the load generator is one asyncio process with a lean keep-alive HTTP/1.1 client. Writes
+bench/results/<name>/results.json and results.md.
 """
 
 import argparse

@@ -122,7 +122,7 @@ def test_batches_side_by_side_on_streams_give_the_logits_each_gets_alone(exporte
     lines = fixture_lines()
     engine = load_engine(EngineSpec(model=str(exported_bert / "onnx"), variant="ov-int8", device="cpu", threads=2))
     predictor = engine.served().predictor
-    assert isinstance(predictor, SideBySide) and predictor.streams is not None
+    assert isinstance(predictor, SideBySide) and predictor.side_by_side is not None
     features = engine.features([r["question"] for r in lines], [r["context"] for r in lines])
     lengths = [len(ids) for ids in features.inputs["input_ids"]]
     padded = [pad_batch(features, rows, 0, bucketed(lengths[rows[0]], 16)) for rows in batches(lengths, 2, 4096, 16)]

@@ -3,10 +3,8 @@ padded batches in, logits out. The same IR runs at fp32 or bf16 inference precis
 CPU with native bf16 is bf16); the variant names the IR and the precision, so that a gated variant always runs
 as it was gated."""
 
-import queue
 import threading
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -68,37 +66,34 @@ class OpenVinoPredictor:
         self.compiled = core.compile_model(source, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
         self.request = self.compiled.create_infer_request()
         self.names = [i.get_any_name() for i in self.compiled.inputs]
-        self.lock = threading.Lock()
-        self.streams: queue.SimpleQueue | None = None
+        self.lock = threading.Lock()  # one caller at a time: the requests (and the queue's callback) are shared
+        self.side_by_side = None  # several batches at once: one stream (and infer request) per thread
         if threads > 1:
             parallel = core.compile_model(source, "CPU", {**config, "NUM_STREAMS": str(threads)})
-            self.streams = queue.SimpleQueue()
-            for _ in range(threads):
-                self.streams.put(parallel.create_infer_request())
-            self.pool = ThreadPoolExecutor(threads, thread_name_prefix="openvino-stream")
+            self.side_by_side = ov.AsyncInferQueue(parallel, threads)
         self.provider, self.variant, self.device, self.precision = "OpenVINO-CPU", variant, "cpu", precision
 
     def logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         with self.lock:
-            return self._infer(self.request, batch)
+            self.request.infer({k: batch[k] for k in self.names})
+            return copied(self.request)
 
     def logits_each(self, batches: Iterable[dict[str, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(start, end) logits of each batch, in order: several batches side by side, one per stream."""
         batches = list(batches)
-        if self.streams is None or len(batches) < 2:
+        if self.side_by_side is None or len(batches) < 2:
             return [self.logits(b) for b in batches]
+        results: list = [None] * len(batches)
         # the largest first: the streams then finish close together instead of one idling through the last one
         largest_first = sorted(range(len(batches)), key=lambda i: -batches[i]["input_ids"].size)
-        futures = {i: self.pool.submit(self._on_a_stream, batches[i]) for i in largest_first}
-        return [futures[i].result() for i in range(len(batches))]
+        with self.lock:
+            self.side_by_side.set_callback(lambda request, i: results.__setitem__(i, copied(request)))
+            for i in largest_first:
+                self.side_by_side.start_async({k: batches[i][k] for k in self.names}, i)
+            self.side_by_side.wait_all()
+        return results
 
-    def _on_a_stream(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        request = self.streams.get()
-        try:
-            return self._infer(request, batch)
-        finally:
-            self.streams.put(request)
 
-    def _infer(self, request, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        out = request.infer({k: batch[k] for k in self.names})  # arrays reused by the request's next call: copy
-        return np.array(out["start_logits"], np.float32), np.array(out["end_logits"], np.float32)
+def copied(request) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) logits of an infer request's last run, copied: the request reuses its arrays."""
+    return tuple(np.array(request.get_tensor(name).data, np.float32) for name in ("start_logits", "end_logits"))
