@@ -117,6 +117,7 @@ def test_batches_side_by_side_on_streams_give_the_logits_each_gets_alone(exporte
     import numpy as np
 
     from toolkit.inference.batching import batches, bucketed, pad_batch
+    from toolkit.inference.openvino import balanced
     from toolkit.inference.predictors import SideBySide
 
     lines = fixture_lines()
@@ -128,5 +129,15 @@ def test_batches_side_by_side_on_streams_give_the_logits_each_gets_alone(exporte
     padded = [pad_batch(features, rows, 0, bucketed(lengths[rows[0]], 16)) for rows in batches(lengths, 2, 4096, 16)]
     assert len(padded) >= 3
     for (s, e), batch in zip(predictor.logits_each(padded), padded, strict=True):
+        alone_s, alone_e = predictor.logits(batch)
+        assert np.array_equal(s, alone_s) and np.array_equal(e, alone_e)
+    # a batch holding more than a stream's share of the tokens is cut across the streams: the same logits still
+    by_length = {}
+    for i, n in enumerate(lengths):
+        by_length.setdefault(bucketed(n, 16), []).append(i)
+    rows = max(by_length.values(), key=len)
+    big, small = (pad_batch(features, r, 0, bucketed(lengths[r[0]], 16)) for r in (rows, rows[:1]))
+    assert len(rows) >= 4 and len(balanced([big, small], 2)) > 2
+    for (s, e), batch in zip(predictor.logits_each([big, small]), [big, small], strict=True):
         alone_s, alone_e = predictor.logits(batch)
         assert np.array_equal(s, alone_s) and np.array_equal(e, alone_e)
