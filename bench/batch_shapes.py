@@ -7,8 +7,8 @@ holds and how the batches are scheduled.
     python bench/batch_shapes.py --export models/minilm-squad2-lora/export-ov [--questions 1000] [--per-call 16]
         [--rounds 3] [--name batch-shapes-cpu]
 
-The arrangements alternate within each round (the box's speed drifts); ratios are to the same round's serve-batch
-arrangement, then the median. The engine's own stage times (tokenise, infer, postprocess) for the whole file and
+The arrangements alternate within each round (the box's speed drifts); each ratio is serve-batch's call-by-call
+time over the arrangement's, within a round, then the median. The engine's own stage times (tokenise, infer, postprocess) for the whole file and
 for 16-question calls complete the picture. Writes bench/results/<name>/results.json and results.md.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from toolkit import data, load
 from toolkit.bench.results import machine_line, stamp, write_results
 from toolkit.inference import EngineSpec, Stopwatch
-from toolkit.inference.batching import batches, bucketed, pad_batch
+from toolkit.inference.batching import batches, pad_batch, padded_length
 from toolkit.inference.predictors import SideBySide
 from toolkit.serving.batch import ServeConfig
 from toolkit.serving.server import server_variant
@@ -33,8 +33,7 @@ def padded_calls(engine, questions, contexts, calls: list[list[int]]) -> list[li
     for call in calls:
         features = engine.features([questions[i] for i in call], [contexts[i] for i in call])
         lengths = [len(ids) for ids in features.inputs["input_ids"]]
-        out.append([pad_batch(features, rows, engine.tokenizer.pad_token_id,
-                              bucketed(lengths[rows[0]], s.bucket) if s.bucket else None)
+        out.append([pad_batch(features, rows, engine.tokenizer.pad_token_id, padded_length(lengths[rows[0]], s))
                     for rows in batches(lengths, s.batch_size, s.max_batch_tokens, s.bucket)])
     return out
 
@@ -109,35 +108,47 @@ def main() -> None:
     questions, contexts = [e.question for e in examples], [e.context for e in examples]
     variant = server_variant(EngineSpec(model=str(onnx_dir)))
     engine = load(onnx_dir, variant=variant, device="cpu", threads=args.threads)
-    engine.warm_up(2)
-    predictor = engine.served().predictor
     layouts = arrangements(engine, questions, contexts, args.per_call)
+    rounds = measure(engine, questions, contexts, layouts, args.per_call, args.rounds)
+    results = {**stamp(args.name, args.threads), "variant": variant, "questions": len(questions),
+               "source": args.source, "per_call": args.per_call, "rounds": args.rounds, "per_round": rounds,
+               **summarise(layouts, rounds)}
+    print(write_results(args.results_dir, results, markdown(results)))
+    print(markdown(results))
+
+
+def measure(engine, questions, contexts, layouts: dict, per_call: int, n_rounds: int) -> list[dict]:
+    """Each round: every arrangement replayed (alternating the order between rounds), then the engine's stages."""
+    predictor = engine.served().predictor
     for calls in layouts.values():  # a first pass over every shape, untimed
         replay(predictor, calls)
     rounds = []
-    for r in range(args.rounds):
+    for r in range(n_rounds):
         order = list(layouts) if r % 2 == 0 else list(layouts)[::-1]
         rounds.append({name: replay(predictor, layouts[name]) for name in order})
         rounds[-1]["stages"] = {"whole file": engine_stages(engine, questions, contexts, ServeConfig().chunk_size),
-                                f"{args.per_call} per call": engine_stages(engine, questions, contexts, args.per_call)}
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                                f"{per_call} per call": engine_stages(engine, questions, contexts, per_call)}
+        print(f"round {r + 1}/{n_rounds}: " + ", ".join(
             f"{name} {t['call_by_call']:.2f}/{t['all_at_once']:.2f} s" for name, t in rounds[-1].items()
             if name != "stages"), flush=True)
-    ceiling = "serve-batch chunks"
-    results = {**stamp(args.name, args.threads), "variant": variant, "questions": len(questions),
-               "source": args.source, "per_call": args.per_call, "rounds": args.rounds, "per_round": rounds,
-               "arrangements": {}}
+    return rounds
+
+
+def summarise(layouts: dict, rounds: list[dict]) -> dict:
+    """Per arrangement: its shapes and, call by call and all at once, the median seconds and the ratio of
+    serve-batch's call-by-call time to it within each round."""
+    ceiling = next(iter(layouts))  # serve-batch's chunks
+    out = {"arrangements": {}}
     for name, calls in layouts.items():
-        row = {**shape_stats(calls)}
+        row = shape_stats(calls)
         for how in ("call_by_call", "all_at_once"):
             ratios = [r[ceiling]["call_by_call"] / r[name][how] for r in rounds]
             row[how] = {"seconds": statistics.median(r[name][how] for r in rounds),
                         "x_serve_batch": statistics.median(ratios), "x_serve_batch_per_round": ratios}
-        results["arrangements"][name] = row
-    results["stages_ms_per_question"] = {k: {s: statistics.median(r["stages"][k][s] for r in rounds)
-                                             for s in rounds[0]["stages"][k]} for k in rounds[0]["stages"]}
-    print(write_results(args.results_dir, results, markdown(results)))
-    print(markdown(results))
+        out["arrangements"][name] = row
+    out["stages_ms_per_question"] = {k: {s: statistics.median(r["stages"][k][s] for r in rounds)
+                                         for s in rounds[0]["stages"][k]} for k in rounds[0]["stages"]}
+    return out
 
 
 def markdown(r: dict) -> str:

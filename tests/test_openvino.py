@@ -4,6 +4,7 @@ CPU class falls back to a gated variant on another, and bf16 never runs emulated
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -131,7 +132,7 @@ def test_batches_side_by_side_on_streams_give_the_logits_each_gets_alone(exporte
     for (s, e), batch in zip(predictor.logits_each(padded), padded, strict=True):
         alone_s, alone_e = predictor.logits(batch)
         assert np.array_equal(s, alone_s) and np.array_equal(e, alone_e)
-    # a batch holding more than a stream's share of the tokens is cut across the streams: the same logits still
+    # a batch over 1.25 streams' share of the tokens is cut across the streams: the same logits still
     by_length = {}
     for i, n in enumerate(lengths):
         by_length.setdefault(bucketed(n, 16), []).append(i)
@@ -141,3 +142,21 @@ def test_batches_side_by_side_on_streams_give_the_logits_each_gets_alone(exporte
     for (s, e), batch in zip(predictor.logits_each([big, small]), [big, small], strict=True):
         alone_s, alone_e = predictor.logits(batch)
         assert np.array_equal(s, alone_s) and np.array_equal(e, alone_e)
+
+
+@pytest.mark.parametrize("streams", [2, 3, 4])
+def test_a_batch_over_its_share_is_cut_into_consecutive_rows_at_most_one_per_stream(streams):
+    from toolkit.inference.openvino import balanced
+
+    def batch(rows, length):
+        return {"input_ids": np.arange(rows * length).reshape(rows, length), "attention_mask": np.ones((rows, length))}
+
+    big, lone, equal = batch(14, 160), batch(1, 4000), [batch(8, 160), batch(8, 160)]
+    pieces = balanced([big, batch(2, 160)], streams)
+    cut = [p for owner, p in pieces if owner == 0]
+    assert 1 < len(cut) <= streams and [owner for owner, _ in pieces] == sorted(owner for owner, _ in pieces)
+    assert np.array_equal(np.concatenate([p["input_ids"] for p in cut]), big["input_ids"])  # every row, in order
+    assert all(p["attention_mask"].shape == p["input_ids"].shape for p in cut)
+    assert len(balanced([lone, batch(1, 16)], streams)) == 2  # a one-window batch is never cut
+    assert len(balanced(equal, 2)) == 2  # two equal batches are one share each
+    assert [len(p["input_ids"]) for _, p in balanced([batch(0, 16), big], streams)][0] == 0  # an empty batch passes

@@ -22,7 +22,6 @@ from tests.conftest import fixture_lines, write_jsonl
 from toolkit import load
 from toolkit.config import QAConfig
 from toolkit.inference import Engine, Served
-from toolkit.inference.batching import BatchSettings
 from toolkit.serving.batcher import BatcherConfig
 from toolkit.serving.server import BATCH_VARIANT_INVARIANT, ServerConfig, create_app, server_variant
 
@@ -200,42 +199,6 @@ def test_the_batcher_waits_for_the_clients_it_answered_last_and_no_one_else(toke
     assert lone[0] < 0.2 and again[0] < 0.2, (lone, again)
     assert 0.1 <= back[0] < 0.4 and back[1] == 1, back  # one engine call for the three, without waiting it out
     assert gone[0] >= 0.4 and gone[1] == 1, gone
-
-
-class SideBySidePeak(Peak):
-    """A Peak that also answers several batches at once (as OpenVINO's streams do), recording every shape run."""
-
-    def __init__(self, peak: int):
-        super().__init__(peak)
-        self.shapes = []
-
-    def logits(self, batch):
-        self.shapes.append(("alone", batch["input_ids"].shape))
-        return super().logits(batch)
-
-    def logits_each(self, batches):
-        batches = list(batches)
-        if len(batches) < 2:  # as OpenVINO's: a lone batch runs alone
-            return [self.logits(b) for b in batches]
-        self.shapes.extend(("side by side", b["input_ids"].shape) for b in batches)
-        return [super(SideBySidePeak, self).logits(b) for b in batches]
-
-
-@pytest.mark.parametrize("rows", [0, 2])
-def test_before_ready_the_engine_runs_every_padded_shape_its_first_requests_meet(tokenizer, rows):
-    qa = QAConfig(base_model="t", model_type="bert", max_length=64, doc_stride=16, max_question_tokens=8,
-                  null_threshold=0.0)
-    predictor = SideBySidePeak(5)
-    engine = Engine.single(predictor, tokenizer, qa, BatchSettings(batch_size=32, bucket=16))
-    with TestClient(create_app(engine, ServerConfig(warm_up_rows=rows))) as client:
-        warmed = set(predictor.shapes)
-        assert client.get("/ready").status_code == 200
-        expected = {(how, (n, length)) for how in ("alone", "side by side") for n in range(1, rows + 1)
-                    for length in (16, 32, 48, 64)}
-        assert warmed == expected | {("alone", (1, 16))}  # (1, 16): the warm-up question's own window
-        predictor.shapes.clear()
-        assert client.post("/", json=ask()).json()["answer"] == "beta"
-        assert predictor.shapes == [("alone", (1, 16))]
 
 
 def test_server_default_variant_is_batch_invariant(exported_bert):

@@ -262,9 +262,6 @@ def serve_batch(input_path, output, chunk_size, max_line_bytes, max_context_toke
 @click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False),
               help="Every route but /health needs 'Authorization: Bearer <the file's first line>'. "
                    "Or set QA_TOOLKIT_API_KEY.")
-@click.option("--warm-up-rows", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Before /ready, run the model on every padded shape of up to this many windows, so the first "
-                   "requests do not pay for preparing them (OpenVINO engines; 0: one question only).")
 @click.option("--cors-origin", "cors_origins", multiple=True, help="Allow browser calls from this origin (repeatable).")
 @click.option("--ray-serve", "ray_address", is_flag=False, flag_value="auto", default=None,
               help="Serve the same app as a Ray Serve deployment (extra 'ray'): --ray-serve alone joins the running "
@@ -274,7 +271,7 @@ def serve_batch(input_path, output, chunk_size, max_line_bytes, max_context_toke
               help="With --ray-serve: intra-op threads (and CPUs reserved) per replica.")
 @fail_clearly
 def serve(host, port, max_batch_questions, max_wait_ms, max_queue, request_timeout_s, max_body_bytes,
-          max_context_tokens, warm_up_rows, api_key_file, cors_origins, ray_address, replicas, threads_per_replica, **flags):
+          max_context_tokens, api_key_file, cors_origins, ray_address, replicas, threads_per_replica, **flags):
     """Answer questions over HTTP (Hugging Face question-answering API), with dynamic batching. Without --variant
     it serves the export's CPU/CUDA default when that cannot make a request's answer depend on its batch-mates,
     else the fastest gated variant that cannot (never dynamic int8; OpenVINO's pad each window on its own)."""
@@ -289,7 +286,7 @@ def serve(host, port, max_batch_questions, max_wait_ms, max_queue, request_timeo
     if api_key_file and not key:
         raise click.UsageError(f"--api-key-file {api_key_file} is empty")
     cfg = ServerConfig(max_body_bytes=max_body_bytes, request_timeout_s=request_timeout_s, api_key=key or None,
-                       cors_origins=tuple(cors_origins), warm_up_rows=warm_up_rows,
+                       cors_origins=tuple(cors_origins),
                        batcher=BatcherConfig(max_batch_questions=max_batch_questions, max_wait_ms=max_wait_ms,
                                              max_queue=max_queue, max_context_tokens=max_context_tokens))
     click.echo(f"serving on http://{host}:{port} ({'API key required' if cfg.api_key else 'no API key'})", err=True)

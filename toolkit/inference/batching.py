@@ -75,6 +75,11 @@ def batches(lengths: list[int], batch_size: int, max_batch_tokens: int, bucket: 
     return out
 
 
+def padded_length(length: int, settings: BatchSettings) -> int | None:
+    """The length a batch whose first window has this length is padded to (None: its longest window's)."""
+    return settings.pad_to or (bucketed(length, settings.bucket) if settings.bucket else None)
+
+
 def pad_batch(features: Features, rows: list[int], pad_id: int, pad_to: int | None = None) -> dict[str, np.ndarray]:
     width = pad_to or max(len(features.inputs["input_ids"][i]) for i in rows)
     out = {}
@@ -92,8 +97,7 @@ def feature_logits(predictor: Predictor, features: Features, pad_id: int, settin
     several batches side by side (OpenVINO's streams) gets them all at once."""
     lengths = [len(ids) for ids in features.inputs["input_ids"]]
     groups = batches(lengths, settings.batch_size, settings.max_batch_tokens, settings.bucket)
-    padded = (pad_batch(features, rows, pad_id, settings.pad_to or (bucketed(lengths[rows[0]], settings.bucket)
-                                                                    if settings.bucket else None)) for rows in groups)
+    padded = (pad_batch(features, rows, pad_id, padded_length(lengths[rows[0]], settings)) for rows in groups)
     results = predictor.logits_each(padded) if isinstance(predictor, SideBySide) else map(predictor.logits, padded)
     start: list = [None] * len(features)
     end: list = [None] * len(features)

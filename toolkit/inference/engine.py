@@ -7,12 +7,10 @@ batches by the chosen model's predictor, and post-processed into one answer per 
 import dataclasses
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from toolkit.config import QAConfig
 from toolkit.features import Features, build_features
-from toolkit.inference.batching import BatchSettings, Stopwatch, bucketed, feature_logits
-from toolkit.inference.predictors import EngineError, Predictor, SideBySide
+from toolkit.inference.batching import BatchSettings, Stopwatch, feature_logits
+from toolkit.inference.predictors import EngineError, Predictor
 from toolkit.postprocess import Answer, answer_all
 
 SINGLE = ""  # the name a single model is served under: requests cannot name it
@@ -78,31 +76,6 @@ class Engine:
             for served in self.models.values():
                 served.qa = dataclasses.replace(served.qa, null_threshold=threshold)
         return self
-
-    def warm_up(self, rows: int = 2) -> int:
-        """Run each model once on every padded shape of up to ``rows`` rows its windows can take, alone and side by
-        side, so that the first requests do not pay for preparing them; the number of batches run. Only engines
-        that pad windows to length buckets have few enough shapes: OpenVINO prepares its kernels per input shape
-        on first sight, 12-20 ms a shape against 6-8 ms for a repeat of a one-window batch (2-core EPYC)."""
-        bucket = self.settings.bucket
-        if not bucket or rows < 1:
-            return 0
-        runs, seen = 0, set()
-        for name, served in self.models.items():
-            if id(served.predictor) in seen:
-                continue
-            seen.add(id(served.predictor))
-            names = self.features(["warm"], ["up"], name or None).inputs
-            for length in range(bucket, bucketed(served.qa.max_length, bucket) + 1, bucket):
-                for n in range(1, rows + 1):
-                    batch = {k: np.full((n, length), self.tokenizer.pad_token_id if k == "input_ids" else
-                                        int(k == "attention_mask"), np.int64) for k in names}
-                    served.predictor.logits(batch)
-                    runs += 1
-                    if isinstance(served.predictor, SideBySide):
-                        served.predictor.logits_each([batch, batch])
-                        runs += 2
-        return runs
 
     def features(self, questions: list[str], contexts: list[str], adapter: str | None = None) -> Features:
         return build_features(self.tokenizer, questions, contexts, self.served(adapter).qa.features())

@@ -50,7 +50,6 @@ class ServerConfig:
     request_timeout_s: float = 30.0
     api_key: str | None = None  # every route but /health needs "Authorization: Bearer <key>"
     cors_origins: tuple[str, ...] = ()
-    warm_up_rows: int = 2  # before ready: every padded shape of up to this many rows (engines with length buckets)
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
 
 
@@ -144,9 +143,6 @@ def create_app(engine: Engine, cfg: ServerConfig, log: logging.Logger | None = N
         batcher.start()
         for name in engine.adapters or [None]:  # warm every model: the first call pays for allocations
             await batcher.submit([Query(0, "warm-up", "What is warm?", "Warm-up text.", name)])
-        started = time.perf_counter()
-        shapes = await asyncio.get_running_loop().run_in_executor(batcher.executor, engine.warm_up, cfg.warm_up_rows)
-        log.info(json.dumps({"event": "warmed", "batches": shapes, "seconds": round(time.perf_counter() - started, 2)}))
         state["ready"] = True
         yield
         state["ready"] = False
