@@ -8,8 +8,8 @@ holds and how the batches are scheduled.
         [--rounds 3] [--name batch-shapes-cpu]
 
 The arrangements alternate within each round (the box's speed drifts); each ratio is serve-batch's call-by-call
-time over the arrangement's, within a round, then the median. The engine's own stage times (tokenise, infer, postprocess) for the whole file and
-for 16-question calls complete the picture. Writes bench/results/<name>/results.json and results.md.
+time over the arrangement's, within a round, then the median. The engine's own stage times (tokenise, infer,
+postprocess) for the whole file and for 16-question calls complete the picture. Writes bench/results/<name>/results.json and results.md.
 """
 
 import argparse
@@ -20,22 +20,15 @@ from pathlib import Path
 from toolkit import data, load
 from toolkit.bench.results import machine_line, stamp, write_results
 from toolkit.inference import EngineSpec, Stopwatch
-from toolkit.inference.batching import batches, pad_batch, padded_length
-from toolkit.inference.predictors import SideBySide
+from toolkit.inference.batching import batch_logits, padded_batches
 from toolkit.serving.batch import ServeConfig
 from toolkit.serving.server import server_variant
 
 
 def padded_calls(engine, questions, contexts, calls: list[list[int]]) -> list[list[dict]]:
     """Each engine call's padded batches, as the engine forms them for those questions."""
-    s = engine.settings
-    out = []
-    for call in calls:
-        features = engine.features([questions[i] for i in call], [contexts[i] for i in call])
-        lengths = [len(ids) for ids in features.inputs["input_ids"]]
-        out.append([pad_batch(features, rows, engine.tokenizer.pad_token_id, padded_length(lengths[rows[0]], s))
-                    for rows in batches(lengths, s.batch_size, s.max_batch_tokens, s.bucket)])
-    return out
+    return [list(padded_batches(engine.features([questions[i] for i in call], [contexts[i] for i in call]),
+                                engine.tokenizer.pad_token_id, engine.settings)[1]) for call in calls]
 
 
 def arrangements(engine, questions, contexts, per_call: int) -> dict[str, list[list[dict]]]:
@@ -62,19 +55,10 @@ def seconds(fn) -> float:
     return time.perf_counter() - started
 
 
-def run(predictor, padded: list[dict]) -> None:
-    """One engine call's batches, as feature_logits runs them."""
-    if isinstance(predictor, SideBySide):
-        predictor.logits_each(padded)
-    else:
-        for batch in padded:
-            predictor.logits(batch)
-
-
 def replay(predictor, calls: list[list[dict]]) -> dict[str, float]:
     """Seconds to run the batches call by call (as the engine does) and all in one call."""
-    return {"call_by_call": seconds(lambda: [run(predictor, c) for c in calls]),
-            "all_at_once": seconds(lambda: run(predictor, [b for c in calls for b in c]))}
+    return {"call_by_call": seconds(lambda: [list(batch_logits(predictor, c)) for c in calls]),
+            "all_at_once": seconds(lambda: list(batch_logits(predictor, [b for c in calls for b in c])))}
 
 
 def engine_stages(engine, questions, contexts, per_call: int) -> dict[str, float]:

@@ -115,8 +115,6 @@ def test_openvino_answers_do_not_depend_on_the_batch(exported_bert):
 
 def test_batches_side_by_side_on_streams_give_the_logits_each_gets_alone(exported_bert):
     """Several batches at once run one per stream (one thread each); a lone batch on all threads: same logits."""
-    import numpy as np
-
     from toolkit.inference.batching import batches, bucketed, pad_batch
     from toolkit.inference.openvino import balanced
     from toolkit.inference.predictors import SideBySide

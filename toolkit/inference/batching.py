@@ -1,6 +1,7 @@
 """Windows -> padded batches bucketed by length, within a row and token budget; stage timing."""
 
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -75,11 +76,6 @@ def batches(lengths: list[int], batch_size: int, max_batch_tokens: int, bucket: 
     return out
 
 
-def padded_length(length: int, settings: BatchSettings) -> int | None:
-    """The length a batch whose first window has this length is padded to (None: its longest window's)."""
-    return settings.pad_to or (bucketed(length, settings.bucket) if settings.bucket else None)
-
-
 def pad_batch(features: Features, rows: list[int], pad_id: int, pad_to: int | None = None) -> dict[str, np.ndarray]:
     width = pad_to or max(len(features.inputs["input_ids"][i]) for i in rows)
     out = {}
@@ -92,16 +88,29 @@ def pad_batch(features: Features, rows: list[int], pad_id: int, pad_to: int | No
     return out
 
 
-def feature_logits(predictor: Predictor, features: Features, pad_id: int, settings: BatchSettings):
-    """Start/end logits of every feature, each cut to its own length, in feature order. A predictor that runs
-    several batches side by side (OpenVINO's streams) gets them all at once."""
+def padded_batches(features: Features, pad_id: int, settings: BatchSettings):
+    """(groups, padded): the feature indices of each batch and, lazily, each batch padded as the settings say
+    (to pad_to, to its windows' length bucket, or to its longest window)."""
     lengths = [len(ids) for ids in features.inputs["input_ids"]]
     groups = batches(lengths, settings.batch_size, settings.max_batch_tokens, settings.bucket)
-    padded = (pad_batch(features, rows, pad_id, padded_length(lengths[rows[0]], settings)) for rows in groups)
-    results = predictor.logits_each(padded) if isinstance(predictor, SideBySide) else map(predictor.logits, padded)
+    widths = [settings.pad_to or (bucketed(lengths[rows[0]], settings.bucket) if settings.bucket else None)
+              for rows in groups]
+    return groups, (pad_batch(features, rows, pad_id, width) for rows, width in zip(groups, widths))
+
+
+def batch_logits(predictor: Predictor, padded: Iterable[dict[str, np.ndarray]]) -> Iterable[tuple[np.ndarray, ...]]:
+    """Each padded batch's (start, end) logits, in order; all at once where the predictor runs batches side by
+    side (OpenVINO's streams)."""
+    return predictor.logits_each(padded) if isinstance(predictor, SideBySide) else map(predictor.logits, padded)
+
+
+def feature_logits(predictor: Predictor, features: Features, pad_id: int, settings: BatchSettings):
+    """Start/end logits of every feature, each cut to its own length, in feature order."""
+    groups, padded = padded_batches(features, pad_id, settings)
     start: list = [None] * len(features)
     end: list = [None] * len(features)
-    for rows, (s, e) in zip(groups, results):
+    for rows, (s, e) in zip(groups, batch_logits(predictor, padded)):
         for r, i in enumerate(rows):
-            start[i], end[i] = s[r, :lengths[i]], e[r, :lengths[i]]
+            n = len(features.inputs["input_ids"][i])
+            start[i], end[i] = s[r, :n], e[r, :n]
     return start, end

@@ -50,8 +50,8 @@ class OpenVinoPredictor:
     time). Several batches at once (logits_each) run on one stream per thread, a batch per stream: the windows of
     a few questions fall into several small length buckets, and small batches side by side on one core each
     measured 10-20 % faster than one after another on all cores; a batch over 1.25 streams' share of the tokens
-    is cut across the streams (balanced). Both compiled models give the same logits bit for bit (tested), so which one
-    answers a batch never changes an answer."""
+    is cut across the streams (balanced). Both compiled models give the same logits bit for bit (tested), so
+    which one answers a batch never changes an answer."""
 
     def __init__(self, model, threads: int, variant: str, precision: str = "f32"):
         missing = openvino_missing()
@@ -97,8 +97,7 @@ class OpenVinoPredictor:
         parts: list[list] = [[] for _ in batches]
         for (owner, _), result in zip(pieces, results):
             parts[owner].append(result)
-        return [mine[0] if len(mine) == 1 else (np.concatenate([s for s, _ in mine]), np.concatenate([e for _, e in mine]))
-                for mine in parts]
+        return [mine[0] if len(mine) == 1 else tuple(np.concatenate(side) for side in zip(*mine)) for mine in parts]
 
 
 def balanced(batches: list[dict[str, np.ndarray]], streams: int) -> list[tuple[int, dict[str, np.ndarray]]]:

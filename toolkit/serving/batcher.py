@@ -2,9 +2,9 @@
 
 One inference thread takes everything queued (up to a question budget), waits (up to max_wait_ms after the
 latest arrival) for the clients it answered last to come back with their next question, and answers it with
-answer_checked: questions grouped by adapter, their windows bucketed by length as in serve-batch. While it runs, new requests queue, so batches grow with the load. The
-queue is bounded (QueueFull -> 503); a request whose caller gave up (timeout, disconnect) is dropped before its
-batch starts, and costs nothing more.
+answer_checked: questions grouped by adapter, their windows bucketed by length as in serve-batch. While it runs,
+new requests queue, so batches grow with the load. The queue is bounded (QueueFull -> 503); a request whose
+caller gave up (timeout, disconnect) is dropped before its batch starts, and costs nothing more.
 """
 
 import asyncio
