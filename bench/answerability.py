@@ -34,7 +34,7 @@ from toolkit.config import TrainConfig
 from toolkit.features import build_features
 from toolkit.inference.batching import batches, pad_batch
 from toolkit.metrics import best_null_threshold, no_answer_auc, squad_scores
-from toolkit.postprocess import answer_all
+from toolkit.postprocess import Decoding, answer_all
 from toolkit.training.run import build_model, load_data, save_model
 from toolkit.training.trainer import QATrainer, precision
 
@@ -122,14 +122,14 @@ def question_scores(adapter: Path, spec: str, samples: int | None) -> Scores:
                 start[i], end[i] = out.start_logits[r, :lengths[i]].numpy(), out.end_logits[r, :lengths[i]].numpy()
                 cls[i], verifier[i] = last[r].numpy(), logits[r]
     answers = answer_all([e.context for e in examples], features.example_index, features.offsets, start, end,
-                         qa.n_best, qa.max_answer_length, 0.0)
+                         Decoding(qa.n_best, qa.max_answer_length, 0.0), features.words)
     n = len(examples)
     mean_cls, counts, best = np.zeros((n, len(cls[0]))), np.zeros(n), np.full(n, -np.inf)
     for i, q in enumerate(features.example_index):
         mean_cls[q] += cls[i]
         counts[q] += 1
         best[q] = max(best[q], verifier[i])
-    return Scores(np.array([min(a.null_score_diff, 1e3) for a in answers]), [a.text for a in answers],
+    return Scores(np.array([min(a.null_score_diff, 1e3) for a in answers]), [a.best_span_text for a in answers],
                   mean_cls / counts[:, None], -best if head is not None else None,
                   np.array([e.is_impossible for e in examples]), data.references(examples), [e.id for e in examples])
 

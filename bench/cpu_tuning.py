@@ -19,6 +19,7 @@ import numpy as np
 
 from toolkit import data
 from toolkit.bench.results import machine_line, stamp, write_results
+from toolkit.calibration import from_config
 from toolkit.config import QAConfig
 from toolkit.features import build_features
 from toolkit.inference import BatchSettings, Engine, OrtPredictor
@@ -26,6 +27,7 @@ from toolkit.inference.batching import batches, pad_batch
 from toolkit.inference.loading import onnx_predictor
 from toolkit.inference.openvino import OPENVINO_VARIANTS, unusable_here
 from toolkit.modeling import load_tokenizer
+from toolkit.options import DEFAULT_OPTIONS
 from toolkit.postprocess import answer_all
 from toolkit.runtime import default_threads
 
@@ -84,8 +86,8 @@ def openvino_streams(onnx_dir: Path, variant: str, streams: int, threads: int, f
             batch = pad_batch(features, rows, pad_id)
             queue.start_async({k: batch[k] for k in names}, rows)
         queue.wait_all()
-        answer_all([""] * n_questions, features.example_index, features.offsets, start, end, qa.n_best,
-                   qa.max_answer_length, qa.null_threshold)
+        answer_all([""] * n_questions, features.example_index, features.offsets, start, end,
+                   DEFAULT_OPTIONS.decoding(qa, from_config(qa.calibration)), features.words)
     return n_questions / (time.perf_counter() - started)
 
 

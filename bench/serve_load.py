@@ -207,12 +207,15 @@ async def open_loop(server: Server, examples, rate: float, seconds: float, expec
     accepted = [r for r in results if r[1] == 200]
     wrong = sum(r[3]["best_span"] != expected[r[0]]["best_span"] for r in accepted)
     lat = statistics.quantiles([r[2] for r in accepted], n=100) if len(accepted) > 2 else [0] * 99
+    shed = [r[2] for r in results if r[1] == 503]
+    shed_lat = statistics.quantiles(shed, n=100) if len(shed) > 2 else [0] * 99
     codes = {}
     for r in results:
         codes[str(r[1])] = codes.get(str(r[1]), 0) + 1
     return {"rate": rate, "seconds": seconds, "sent": len(results), "statuses": codes,
             "shed_rate": codes.get("503", 0) / len(results), "accepted": len(accepted), "wrong_answers": wrong,
-            "accepted_p50_ms": 1000 * lat[49], "accepted_p99_ms": 1000 * lat[98],
+            "accepted_p50_ms": 1000 * lat[49], "accepted_p99_ms": 1000 * lat[98], "accepted_max_ms": 1000 * max(
+                (r[2] for r in accepted), default=0), "shed_p50_ms": 1000 * shed_lat[49], "shed_p99_ms": 1000 * shed_lat[98],
             "rss_mb_start": rss[0], "rss_mb_max": max(rss), "rss_growth": max(rss) / rss[0] - 1}
 
 
@@ -339,6 +342,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="ceiling + sweep measured this many times (medians)")
     parser.add_argument("--overload-seconds", type=float, default=60)
     parser.add_argument("--fuzz", type=int, default=5000)
+    parser.add_argument("--timeout", type=float, default=30.0, help="the server's --timeout (request deadline)")
+    parser.add_argument("--only-overload", action="store_true",
+                        help="only: capacity at concurrency 16, then the open loop at 2x it (deadline admission)")
     parser.add_argument("--name", default="serve-load-cpu")
     parser.add_argument("--results-dir", default="bench/results")
     args = parser.parse_args()
@@ -349,8 +355,13 @@ def main() -> None:
 
     variant = server_variant(EngineSpec(model=str(onnx_dir)))
     levels = [int(c) for c in args.levels.split(",")]
-    serve = [*qa_command(), "serve", "--model", str(onnx_dir), "--threads", str(args.threads), "--max-queue", "512"]
-    results = {**stamp(args.name, args.threads), "variant": variant, "questions": len(examples), "source": args.source}
+    serve = [*qa_command(), "serve", "--model", str(onnx_dir), "--threads", str(args.threads), "--max-queue", "512",
+             "--timeout", str(args.timeout)]
+    results = {**stamp(args.name, args.threads), "variant": variant, "questions": len(examples), "source": args.source,
+               "timeout_s": args.timeout}
+    if args.only_overload:
+        overload_only(serve, examples, args, results)
+        return
 
     questions = work / "questions.jsonl"
     data.write_jsonl(examples, questions)
@@ -400,6 +411,29 @@ def main() -> None:
     on_ray.stop()
     write_results(args.results_dir, results, markdown(results))
     print(markdown(results))
+
+
+def overload_only(serve: list[str], examples, args, results: dict) -> None:
+    """Capacity (closed loop at concurrency 16), then the open loop at twice it for --overload-seconds."""
+    ours = Server(serve)
+    at_16 = asyncio.run(closed_loop(ours.url, examples, 16))
+    expected = asyncio.run(closed_loop(ours.url, examples, 1))["answers"]
+    capacity = at_16["questions_per_second"]
+    print(f"capacity {capacity:.1f} q/s; overload: open loop at {2 * capacity:.0f} q/s for {args.overload_seconds:g} s",
+          flush=True)
+    results.update(capacity_questions_per_second=capacity,
+                   overload=asyncio.run(open_loop(ours, examples, 2 * capacity, args.overload_seconds, expected)))
+    results["sigterm_exit_code"] = ours.stop()
+    o = results["overload"]
+    text = (f"# qa-toolkit serve at 2x capacity ({results['date']})\n\n{machine_line(results)} Variant "
+            f"{results['variant']}, --timeout {args.timeout:g} s (deadline admission), capacity {capacity:.1f} q/s "
+            f"(closed loop, concurrency 16). Open loop at {o['rate']:.0f} q/s for {o['seconds']:g} s: {o['sent']} sent, "
+            f"statuses {o['statuses']}; {o['accepted']} accepted: p50 {o['accepted_p50_ms']:.0f} ms, p99 "
+            f"{o['accepted_p99_ms']:.0f} ms, max {o['accepted_max_ms']:.0f} ms, wrong answers {o['wrong_answers']}; "
+            f"shed (503): p50 {o['shed_p50_ms']:.1f} ms, p99 {o['shed_p99_ms']:.1f} ms; RSS {o['rss_mb_start']:.0f} -> "
+            f"max {o['rss_mb_max']:.0f} MB; SIGTERM exit code {results['sigterm_exit_code']}.\n")
+    write_results(args.results_dir, results, text)
+    print(text)
 
 
 def markdown(r: dict) -> str:

@@ -176,3 +176,20 @@ def exported_bert(trained_bert, eval_file):
                                        "--eval-file", str(eval_file)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return trained_bert / "export"
+
+
+# A test is "slow" when it needs a model trained or exported here, a browser, Ray, the shipped adapter, or its own
+# processes; the rest is the pure core (`make test-fast`, `pytest -m "not slow"`).
+SLOW_FIXTURES = {"tiny_bert", "tiny_distilbert", "trained_bert", "trained_distilbert", "exported_bert", "browser"}
+SLOW_MODULES = {"test_api", "test_bench", "test_export", "test_openvino", "test_page", "test_serve_ray",
+                "test_server_ray", "test_train", "test_train_ddp", "test_adapters"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: needs trained/exported models, a browser, Ray or subprocesses")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__.split(".")[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

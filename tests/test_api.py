@@ -19,7 +19,7 @@ def readme_example() -> str:
 
 
 def test_public_names_are_few_and_documented():
-    assert set(toolkit.__all__) == {"Answer", "TrainConfig", "export", "load", "score", "train"}
+    assert set(toolkit.__all__) == {"Answer", "AnswerOptions", "Span", "TrainConfig", "export", "load", "score", "train"}
     for name in ("load", "train", "export", "score"):
         assert getattr(toolkit, name).__doc__, name
 

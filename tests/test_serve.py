@@ -1,12 +1,12 @@
 import json
 import os
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from transformers import BertTokenizerFast
 
 from tests.conftest import LONG_CONTEXT, fixture_lines, write_jsonl
+from tests.fakes import AnswerFinder, FailsAfter
 from toolkit import load
 from toolkit.cli import main
 from toolkit.config import QAConfig
@@ -59,6 +59,37 @@ def test_no_answer_threshold_tuned_never_and_a_number(exported_bert, tmp_path):
     assert len({tuple(tuple(r[k] for k in key) for r in v) for v in rows.values()}) == 1
     bad = serve(str(src), "--model", str(exported_bert / "onnx"), "--no-answer-threshold", "sometimes")
     assert bad.exit_code != 0 and "tuned, never or a number" in bad.output
+
+
+def test_answer_options_from_flags_and_per_line_parameters(exported_bert, tmp_path):
+    """--top-k and the other HF parameters are every line's defaults; a line's "parameters" win for that line;
+    a parameter that cannot be honoured is that line's error (kind "invalid"), never ignored. The first of the
+    top_k answers is the top_k=1 answer, whatever else is in the chunk."""
+    lines = fixture_lines()
+    with_params = [{**lines[0], "parameters": {"top_k": 1}}, {**lines[1], "parameters": {"max_answer_len": 1}},
+                   {**lines[2], "parameters": {"top_k": "2"}}, {**lines[3], "parameters": {"max_seq_len": 9999}},
+                   {**lines[4], "parameters": {"align_to_words": False, "doc_stride": 32, "max_seq_len": 128}}]
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", with_params)
+    model = ["--model", str(exported_bert / "onnx"), "--variant", "fp32", "--always-answer"]
+    outputs = {}
+    for name, source, flags in (("one", src, []), ("three", src, ["--top-k", "3"]), ("mixed", mixed, ["--top-k", "3"])):
+        out = tmp_path / f"{name}.answers.jsonl"
+        result = serve(str(source), *model, "-o", str(out), *flags)
+        assert result.exit_code == 0, result.output
+        outputs[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    for one, three in zip(outputs["one"], outputs["three"]):
+        assert "alternatives" not in one and {k: v for k, v in three.items() if k != "alternatives"} == one
+        spans = [(one["start"], one["end"])] + [(a["start"], a["end"]) for a in three["alternatives"]]
+        assert len(spans) == len(set(spans)) == 3
+    first, short, wrong, too_long, windows = outputs["mixed"]
+    assert "alternatives" not in first and first["answer"] == outputs["one"][0]["answer"]
+    assert len(short["answer"].split()) == 1 and len(short["alternatives"]) == 2
+    assert wrong["error"] == "parameter 'top_k' must be an integer, got string" and wrong["error_kind"] == "invalid"
+    assert "max_seq_len 9999 is over the" in too_long["error"]
+    assert "answer" in windows and len(windows["alternatives"]) == 2
+    bad = serve(str(src), *model, "--top-k", "0")
+    assert bad.exit_code != 0 and "top_k' must be at least 1" in bad.output
 
 
 def test_every_bad_line_gets_its_own_error_in_order(exported_bert, tmp_path):
@@ -129,22 +160,6 @@ def test_stdout_output(exported_bert, tmp_path):
     assert result.exit_code == 0
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{\"id\"")]
     assert len(rows) == 2
-
-
-class AnswerFinder:
-    """A stand-in predictor whose logits point at given token ids: tests windowing without training."""
-
-    provider, variant = "test", "test"
-
-    def __init__(self, start_id: int, end_id: int):
-        self.start_id, self.end_id = start_id, end_id
-
-    def logits(self, batch):
-        ids = batch["input_ids"]
-        start = np.where(ids == self.start_id, 10.0, 0.0)
-        end = np.where(ids == self.end_id, 10.0, 0.0)
-        start[:, 0] = end[:, 0] = 1.0
-        return start.astype(np.float32), end.astype(np.float32)
 
 
 def test_long_context_answer_in_a_later_window(vocab_file):
@@ -218,19 +233,6 @@ def test_line_bytes_and_context_tokens_are_bounded_per_line(exported_bert, tmp_p
     assert got[3]["error"] == "context too long: 900 tokens (at most 800; see --max-context-tokens)"
     assert [("error" in r) for r in got] == [False, True, False, True, False]
     assert [r["line"] for r in got] == [1, 2, 3, 4, 5] and got[4]["id"] == good[3]["id"]
-
-
-class FailsAfter:
-    """Wraps a predictor and raises on its n-th batch: a crash in the middle of a job."""
-
-    def __init__(self, predictor, n):
-        self.predictor, self.n, self.provider, self.variant = predictor, n, predictor.provider, predictor.variant
-
-    def logits(self, batch):
-        self.n -= 1
-        if self.n < 0:
-            raise RuntimeError("simulated crash")
-        return self.predictor.logits(batch)
 
 
 def test_resume_after_a_crash_gives_the_uninterrupted_file(exported_bert, tmp_path):
@@ -356,3 +358,37 @@ def test_score_best_span_and_examples(tmp_path, squad_file):
     assert as_json(plain)["HasAns_exact"] == 0 and as_json(plain)["NoAns_exact"] == 100
     assert as_json(forced)["HasAns_exact"] == 50 and as_json(forced)["NoAns_exact"] == 0
     assert "Q: What is the largest city in Switzerland?" in forced.output and "reference: 'Zürich'" in forced.output
+
+
+def test_calibrate_stores_the_fit_and_serve_batch_answers_with_it(trained_bert, squad_file, tmp_path):
+    """`calibrate` fits on held-out questions and rewrites qa_config.json; answers then say calibrated, their
+    decisions are unchanged (the threshold is mapped by the same function), and none contradicts its numbers.
+    Too few questions is a clear error that leaves the model as it was."""
+    import shutil
+
+    from tests.conftest import squad_fixture
+
+    fixture = squad_fixture()
+    for article in fixture["data"]:
+        for paragraph in article["paragraphs"]:
+            paragraph["qas"] = [{**qa, "id": f"{qa['id']}-{n}"} for n in range(4) for qa in paragraph["qas"]]
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps(fixture, ensure_ascii=False))
+    model = tmp_path / "adapter"
+    shutil.copytree(trained_bert / "adapter", model)
+    src = write_jsonl(tmp_path / "in.jsonl", fixture_lines())
+    before = serve(str(src), "--model", str(model), "-o", str(tmp_path / "before.jsonl"))
+    assert before.exit_code == 0, before.output
+    small = CliRunner().invoke(main, ["calibrate", str(model), "--eval-file", str(squad_file)])
+    assert small.exit_code != 0 and "at least 20 questions" in small.output
+    assert QAConfig.load(model).calibration is None
+    result = CliRunner().invoke(main, ["calibrate", str(model), "--eval-file", str(many)])
+    assert result.exit_code == 0, result.output
+    assert QAConfig.load(model).calibration["questions"] == 36
+    after = serve(str(src), "--model", str(model), "-o", str(tmp_path / "after.jsonl"))
+    assert after.exit_code == 0, after.output
+    rows = {name: [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("before", "after")}
+    assert [r["calibrated"] for r in rows["before"]] == [False] * 9 and all(r["calibrated"] for r in rows["after"])
+    assert [r["no_answer"] for r in rows["before"]] == [r["no_answer"] for r in rows["after"]]
+    assert all(r["no_answer"] == (r["no_answer_probability"] > r["no_answer_threshold"]) for r in rows["after"])

@@ -5,17 +5,19 @@ The few names an application needs; everything else is internal by convention::
     import toolkit
 
     qa = toolkit.load("models/minilm-squad2-lora/adapter")  # or an export's onnx/ directory
-    answer, = qa.answer(["Where is the Eiffel Tower?"], ["The Eiffel Tower is in Paris, France."])
-    print(answer.text, answer.start_confidence, answer.no_answer)
+    answer = qa.answer("Where is the Eiffel Tower?", "The Eiffel Tower is in Paris, France.")
+    print(answer.text, answer.confidence, answer.no_answer_probability, answer.no_answer)
+    top3 = qa.answer("Where is it?", "...", options=toolkit.AnswerOptions(top_k=3)).alternatives
 
 Layers (each imports only the ones before it): config, features, postprocess, metrics, data, runtime,
 modeling -> inference -> training, exporting, serving -> bench -> cli.
 """
 
 from toolkit.config import TrainConfig
-from toolkit.postprocess import Answer
+from toolkit.options import AnswerOptions
+from toolkit.postprocess import Answer, Span
 
-__all__ = ["Answer", "TrainConfig", "export", "load", "score", "train"]
+__all__ = ["Answer", "AnswerOptions", "Span", "TrainConfig", "export", "load", "score", "train"]
 
 
 def load(model: str | None = None, **options):
@@ -25,7 +27,8 @@ def load(model: str | None = None, **options):
     `export --adapters` directory, or an adapter/merged model directory (PyTorch). options are EngineSpec's:
     adapters={name: dir} instead of model, engine, device, variant, default_adapter, batch_size,
     max_batch_tokens, threads, no_answer_threshold (None: the tuned one; float("inf"): always the best span).
-    engine.answer(questions, contexts, adapter=None) returns one toolkit.Answer per question."""
+    engine.answer(questions, contexts, adapter=None, options=AnswerOptions(...)) returns one toolkit.Answer per
+    question (one Answer for a question and a context given as strings)."""
     from toolkit.inference import EngineSpec, load_engine
 
     return load_engine(EngineSpec(model=None if model is None else str(model), **options))

@@ -72,6 +72,40 @@ def engine_spec(model, adapters, default_adapter, engine, device, variant, batch
                       no_answer_threshold=parse_threshold(no_answer_threshold))
 
 
+ANSWER_OPTIONS = [
+    click.option("--top-k", type=int, default=1, show_default=True,
+                 help="Answers per question: the decision, then the next best distinct spans (\"alternatives\")."),
+    click.option("--max-answer-len", type=int, help="Most tokens in an answer. Default: the model's (30)."),
+    click.option("--handle-impossible-answer/--always-answer", default=True, show_default=True,
+                 help="--always-answer: always the best span, never 'no answer'."),
+    click.option("--doc-stride", type=int, help="Tokens shared by two windows of a long context. Default: the model's."),
+    click.option("--max-seq-len", type=int, help="Tokens in a window, question included. Default: the model's (384)."),
+    click.option("--max-question-len", type=int,
+                 help="A question with more tokens gets an error line. Default: the model's (64)."),
+    click.option("--align-to-words/--no-align-to-words", default=True, show_default=True,
+                 help="Widen a span that starts or ends inside a word to whole words."),
+]
+
+
+def answer_options(fn):
+    """Hugging Face's question-answering parameters as defaults for every line (a line's "parameters" win)."""
+    for option in reversed(ANSWER_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def answer_defaults(top_k, max_answer_len, handle_impossible_answer, doc_stride, max_seq_len, max_question_len,
+                    align_to_words):
+    from toolkit.options import AnswerOptions
+
+    return AnswerOptions().with_parameters(
+        {"top_k": top_k, "max_answer_len": max_answer_len, "handle_impossible_answer": handle_impossible_answer,
+         "doc_stride": doc_stride, "max_seq_len": max_seq_len, "max_question_len": max_question_len,
+         "align_to_words": align_to_words})
+
+
+ANSWER_FLAGS = ("top_k", "max_answer_len", "handle_impossible_answer", "doc_stride", "max_seq_len", "max_question_len",
+                "align_to_words")
 ENGINE_FLAGS = ("model", "adapters", "default_adapter", "engine", "device", "variant", "batch_size", "max_batch_tokens",
                 "threads", "no_answer_threshold")
 
@@ -205,6 +239,7 @@ def export(merge, adapter, model, adapters, default_adapter, output_dir, variant
 @main.command("serve-batch")
 @click.argument("input_path", metavar="INPUT.jsonl")
 @engine_options
+@answer_options
 @click.option("-o", "--output", help="Output JSONL, or - for stdout. Default: INPUT with .answers.jsonl.")
 @click.option("--chunk-size", type=int, default=1024, show_default=True,
               help="Lines read, answered and written at a time (bounds memory).")
@@ -224,7 +259,8 @@ def export(merge, adapter, model, adapters, default_adapter, output_dir, variant
 @fail_clearly
 def serve_batch(input_path, output, chunk_size, max_line_bytes, max_context_tokens, resume, ray_address, workers,
                 threads_per_worker, summary_json, **flags):
-    """Answer every line of INPUT.jsonl ({"id"?, "question", "context", "adapter"?}) into one output line each."""
+    """Answer every line of INPUT.jsonl ({"id"?, "question", "context", "adapter"?, "parameters"?}) into one output
+    line each. A line's "parameters" are Hugging Face's question-answering parameters, over the flags' defaults."""
     from dataclasses import asdict
 
     from toolkit.serving import ServeConfig, serve_job
@@ -234,7 +270,7 @@ def serve_batch(input_path, output, chunk_size, max_line_bytes, max_context_toke
         output = "-" if input_path == "-" else str(Path(input_path).with_suffix(".answers.jsonl"))
     spec = engine_spec(**{k: flags[k] for k in ENGINE_FLAGS})
     cfg = ServeConfig(chunk_size=chunk_size, max_line_bytes=max_line_bytes, max_context_tokens=max_context_tokens,
-                      resume=resume)
+                      resume=resume, options=answer_defaults(**{k: flags[k] for k in ANSWER_FLAGS}))
     ray = None if ray_address is None else RayConfig(
         address=ray_address, workers=workers, threads_per_worker=threads_per_worker,
         gpus_per_worker=1.0 if flags["device"] == "cuda" else 0.0)
@@ -289,7 +325,6 @@ def serve(host, port, max_batch_questions, max_wait_ms, max_queue, request_timeo
                        cors_origins=tuple(cors_origins),
                        batcher=BatcherConfig(max_batch_questions=max_batch_questions, max_wait_ms=max_wait_ms,
                                              max_queue=max_queue, max_context_tokens=max_context_tokens))
-    click.echo(f"serving on http://{host}:{port} ({'API key required' if cfg.api_key else 'no API key'})", err=True)
     if ray_address is None:
         run(spec, cfg, host, port)
         return
@@ -374,16 +409,32 @@ def to_jsonl(source, output, samples):
 @click.option("--best-span", is_flag=True,
               help="Score each line's best span, ignoring the no-answer threshold (SQuAD v1.1: all answerable).")
 @click.option("--examples", type=int, default=0, help="Also print this many answers beside their references.")
+@click.option("--reliability", type=click.Path(dir_okay=False),
+              help="Write the reliability diagram of the no-answer probability and answer confidence to this PNG.")
 @fail_clearly
-def score(answers, references, best_span, examples):
-    """Official SQuAD EM/F1 (HasAns/NoAns) of a serve-batch output file."""
+def score(answers, references, best_span, examples, reliability):
+    """Official SQuAD EM/F1 (HasAns/NoAns), no-answer AUC and the calibration (ECE) of a serve-batch output file."""
     from toolkit import data
     from toolkit.metrics import sample_answers, score_answer_file
 
     rows, _ = data.load_examples([references], data.default_cache_dir(), 42, None, "validation")
     for line in sample_answers(answers, rows, examples):
         click.echo(line)
-    click.echo(json.dumps(score_answer_file(answers, data.references(rows), best_span), indent=2))
+    click.echo(json.dumps(score_answer_file(answers, data.references(rows), best_span, reliability), indent=2))
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--eval-file", required=True,
+              help="Questions held out from training, with unanswerable ones (e.g. the slice's 3 tuning articles).")
+@click.option("--retune", is_flag=True, help="Also tune the no-answer threshold again (max F1) on these questions.")
+@fail_clearly
+def calibrate(model_dir, eval_file, retune):
+    """Fit the calibrated no-answer probability and answer confidence of a model (an adapter directory or an
+    export's onnx/ directory) on held-out questions, and store them in its qa_config.json."""
+    from toolkit.calibrating import calibrate_model
+
+    click.echo(json.dumps(calibrate_model(model_dir, eval_file, retune), indent=2))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ class QAConfig:
     default_variant: dict[str, str] = field(default_factory=dict)  # provider -> variant
     cpu_ranking: list[str] = field(default_factory=list)  # CPU variants that passed the parity gate, fastest first
     measured_on: dict = field(default_factory=dict)  # the CPU the ranking was measured on: name and features
+    # Platt scaling of the no-answer probability and the answer confidence (toolkit.calibration), fitted where the
+    # threshold was tuned; None (models made before it): the uncalibrated fallback, reported as calibrated: false.
+    calibration: dict | None = None
 
     def features(self) -> FeatureConfig:
         return FeatureConfig(self.max_length, self.doc_stride, self.max_question_tokens)

@@ -23,6 +23,7 @@ class Features:
     inputs: dict[str, list[list[int]]]  # model inputs, one list of ids per window, unpadded
     example_index: list[int]  # which question each window belongs to
     offsets: list[list[tuple[int, int] | None]]
+    words: list[list[int | None]] = field(default_factory=list)  # per token: its word in the context, None outside
     start_positions: list[int] = field(default_factory=list)  # labels, when answers were given
     end_positions: list[int] = field(default_factory=list)
 
@@ -50,9 +51,15 @@ def check_config(cfg: FeatureConfig) -> None:
 
 
 def question_lengths(tokenizer, questions: list[str]) -> list[int]:
-    if not questions:
+    return token_counts(tokenizer, [q.lstrip() for q in questions])
+
+
+def token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """Tokens of each text alone. verbose=False: a text longer than the model's window is not an error here
+    (it is windowed), so transformers' "sequence length is longer than" warning would mislead."""
+    if not texts:
         return []
-    return [len(ids) for ids in tokenizer([q.lstrip() for q in questions], add_special_tokens=False)["input_ids"]]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
 
 
 def build_features(tokenizer, questions: list[str], contexts: list[str], cfg: FeatureConfig,
@@ -73,6 +80,7 @@ def build_features(tokenizer, questions: list[str], contexts: list[str], cfg: Fe
         sequence_ids = enc.sequence_ids(i)
         window = [tuple(o) if s == 1 else None for o, s in zip(offsets, sequence_ids)]
         feats.offsets.append(window)
+        feats.words.append([w if s == 1 else None for w, s in zip(enc.word_ids(i), sequence_ids)])
         if answers is not None:
             start, end = _label(window, answers[feats.example_index[i]])
             feats.start_positions.append(start)

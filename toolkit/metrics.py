@@ -151,16 +151,19 @@ def position_metrics(
     }
 
 
-def score_answer_file(path: str, references: dict[str, list[str]], best_span: bool = False) -> dict:
+def score_answer_file(path: str, references: dict[str, list[str]], best_span: bool = False,
+                      reliability_png: str | None = None) -> dict:
     """Score a serve-batch output (JSONL: id, answer or null, or error) against references.
 
     Lines with an error or a null answer count as "no answer"; ids not in the references are
     reported, not scored. ``best_span`` scores each line's best span whatever the no-answer
     threshold said (the SQuAD v1.1 convention: every question has an answer). Where the scored lines hold
     answerable and unanswerable questions, ``no_answer_auc`` says how well their null_score_diff separates
-    the two, whatever the threshold.
+    the two, whatever the threshold. ``calibration`` says how well the lines' probabilities match what
+    happened (expected calibration error, 10 bins), and how many decisions contradict their probability and
+    threshold; reliability_png gets the reliability diagram.
     """
-    predictions, diffs, errors, unknown = {}, {}, 0, 0
+    predictions, diffs, rows, errors, unknown = {}, {}, {}, 0, 0
     with open(path, encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
@@ -171,13 +174,67 @@ def score_answer_file(path: str, references: dict[str, list[str]], best_span: bo
             predictions[row["id"]] = row.get("best_span" if best_span else "answer") or ""
             if "null_score_diff" in row:  # None: no span was possible
                 diffs[row["id"]] = float("inf") if row["null_score_diff"] is None else row["null_score_diff"]
+            if "no_answer_threshold" in row:  # written since answers carry calibrated probabilities
+                rows[row["id"]] = row
     scores = squad_scores(predictions, references)
     scores.update(lines_scored=len(predictions), error_lines=errors, unknown_ids=unknown,
                   missing_ids=len(set(references) - set(predictions)))
     kinds = {any(normalize_answer(r) for r in references[q]) for q in diffs}
     if kinds == {True, False}:
         scores["no_answer_auc"] = no_answer_auc(diffs, {q: references[q] for q in diffs})
+    if rows and not best_span:
+        scores["calibration"] = calibration_report(rows, predictions, references, reliability_png)
     return scores
+
+
+def calibration_report(rows: dict[str, dict], predictions: dict[str, str], references: dict[str, list[str]],
+                       reliability_png: str | None) -> dict:
+    """ECE of the no-answer probability (against: is the question unanswerable) and of each line's score
+    (against: is its answer, or its "no answer", exactly right); decisions that contradict their numbers."""
+    from toolkit.calibration import expected_calibration_error, reliability_bins
+
+    ids = list(rows)
+    p_none = [rows[q]["no_answer_probability"] for q in ids]
+    unanswerable = [not any(normalize_answer(r) for r in references[q]) for q in ids]
+    confidence = [rows[q]["score"] if rows[q]["score"] is not None else 0.0 for q in ids]
+    right = [best_over_references(predictions[q], references[q])[0] for q in ids]
+    contradictions = sum(r["no_answer"] != (r["no_answer_probability"] > r["no_answer_threshold"])
+                         for r in rows.values())
+    report = {"calibrated": all(r.get("calibrated", False) for r in rows.values()), "questions": len(ids),
+              "no_answer_ece": expected_calibration_error(p_none, unanswerable),
+              "score_ece": expected_calibration_error(confidence, right),
+              "decisions_contradicting_probability": contradictions,
+              "no_answer_bins": reliability_bins(p_none, unanswerable), "score_bins": reliability_bins(confidence, right)}
+    if reliability_png:
+        plot_reliability(report, reliability_png)
+        report["reliability_png"] = reliability_png
+    return report
+
+
+def plot_reliability(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    for ax, key, title in ((axes[0], "no_answer", "no-answer probability"), (axes[1], "score", "answer score")):
+        bins = [b for b in report[f"{key}_bins"] if b["count"]]
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+        ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["observed"] for b in bins], width=0.09,
+               alpha=0.6, label="observed frequency")
+        ax.plot([b["mean_probability"] for b in bins], [b["observed"] for b in bins], marker="o", color="C1",
+                label="bin mean")
+        for b in bins:
+            ax.annotate(str(b["count"]), ((b["low"] + b["high"]) / 2, 0.02), ha="center", fontsize=7)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"predicted {title}", ylabel="observed frequency",
+               title=f"{title}: ECE {report[f'{key}_ece']:.3f}")
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"reliability, {report['questions']} questions"
+                 + ("" if report["calibrated"] else " (uncalibrated fallback)"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def sample_answers(path: str, examples: list, n: int) -> list[str]:
@@ -195,9 +252,14 @@ def sample_answers(path: str, examples: list, n: int) -> list[str]:
                 continue
             answer = "(no answer)" if row["answer"] is None else repr(row["answer"])
             gold = " | ".join(repr(t) for t in dict.fromkeys(example.answer_texts)) or "(unanswerable)"
-            lines.append(f"Q: {example.question}\n   answer: {answer} (best span {row['best_span']!r}: start "
-                         f"{row['start_confidence']:.2f}, end {row['end_confidence']:.2f}; no answer "
-                         f"{row.get('no_answer_probability', float('nan')):.2f})\n   reference: {gold}")
+            if "no_answer_threshold" in row:
+                how = (f"probability right {row['score'] or 0:.2f}; best span {row['best_span']!r}; no-answer "
+                       f"probability {row['no_answer_probability']:.2f}, 'no answer' above "
+                       f"{row['no_answer_threshold']:.2f}{'' if row.get('calibrated') else ', uncalibrated'}")
+            else:  # written before answers carried calibrated probabilities
+                how = (f"best span {row['best_span']!r}: start {row['start_confidence']:.2f}, end "
+                       f"{row['end_confidence']:.2f}")
+            lines.append(f"Q: {example.question}\n   answer: {answer} ({how})\n   reference: {gold}")
             if len(lines) == n:
                 break
     return lines

@@ -18,6 +18,7 @@ from toolkit import data as data_mod
 from toolkit.bench.peers import PEERS, run_peer
 from toolkit.bench.report import markdown, plot
 from toolkit.bench.results import stamp, write_results
+from toolkit.calibration import from_config
 from toolkit.config import QAConfig
 from toolkit.exporting.common import calibration_windows, size_bytes
 from toolkit.features import Features, build_features
@@ -26,6 +27,7 @@ from toolkit.inference.batching import feature_logits, pad_batch
 from toolkit.inference.loading import onnx_predictor, variant_file, variant_settings
 from toolkit.inference.openvino import OPENVINO_VARIANTS, unusable_here
 from toolkit.metrics import squad_scores
+from toolkit.options import DEFAULT_OPTIONS
 from toolkit.postprocess import answer_all
 from toolkit.runtime import (
     cuda_available,
@@ -165,11 +167,11 @@ def accuracy_pass(predictors: dict, engine_qa: QAConfig, examples, features, pad
     for n in names:
         t = time.perf_counter()
         answers = answer_all(contexts, features.example_index, features.offsets, start[n], end[n],
-                             engine_qa.n_best, engine_qa.max_answer_length, engine_qa.null_threshold)
+                             DEFAULT_OPTIONS.decoding(engine_qa, from_config(engine_qa.calibration)), features.words)
         seconds[n] += time.perf_counter() - t
-        scores = squad_scores({e.id: a.prediction for e, a in zip(examples, answers)}, refs)
+        scores = squad_scores({e.id: a.text for e, a in zip(examples, answers)}, refs)
         out[n] = {"seconds": seconds[n], "questions_per_second": len(examples) / seconds[n],
-                  "answers": [a.prediction for a in answers], "spans": [a.text for a in answers], **scores}
+                  "answers": [a.text for a in answers], "spans": [a.best_span_text for a in answers], **scores}
     return out
 
 

@@ -14,8 +14,8 @@ def reference_run(engine: Engine, examples, features) -> dict:
     answers, start, end = engine.run([e.context for e in examples], features)
     refs = data_mod.references(examples)
     return {"answers": answers, "start": start, "end": end,
-            "scores": squad_scores({e.id: a.prediction for e, a in zip(examples, answers)}, refs),
-            "forced": squad_scores({e.id: a.text for e, a in zip(examples, answers)}, refs)}
+            "scores": squad_scores({e.id: a.text for e, a in zip(examples, answers)}, refs),
+            "forced": squad_scores({e.id: a.best_span_text for e, a in zip(examples, answers)}, refs)}
 
 
 def parity(reference: dict, engine: Engine, examples, features) -> dict:
@@ -24,10 +24,10 @@ def parity(reference: dict, engine: Engine, examples, features) -> dict:
     answers, start, end = engine.run([e.context for e in examples], features)
     seconds = time.perf_counter() - started
     refs = data_mod.references(examples)
-    scores = squad_scores({e.id: a.prediction for e, a in zip(examples, answers)}, refs)
-    forced = squad_scores({e.id: a.text for e, a in zip(examples, answers)}, refs)
-    agree = sum(a.prediction == b.prediction for a, b in zip(answers, reference["answers"]))
-    span_agree = sum(a.text == b.text for a, b in zip(answers, reference["answers"]))
+    scores = squad_scores({e.id: a.text for e, a in zip(examples, answers)}, refs)
+    forced = squad_scores({e.id: a.best_span_text for e, a in zip(examples, answers)}, refs)
+    agree = sum(a.text == b.text for a, b in zip(answers, reference["answers"]))
+    span_agree = sum(a.best_span_text == b.best_span_text for a, b in zip(answers, reference["answers"]))
     return {
         "max_abs_logit_diff": max(max_diff(start, reference["start"]), max_diff(end, reference["end"])),
         "answer_agreement": 100.0 * agree / len(examples),

@@ -7,10 +7,12 @@ batches by the chosen model's predictor, and post-processed into one answer per 
 import dataclasses
 from dataclasses import dataclass, field
 
+from toolkit.calibration import from_config
 from toolkit.config import QAConfig
-from toolkit.features import Features, build_features
+from toolkit.features import FeatureConfig, Features, build_features
 from toolkit.inference.batching import BatchSettings, Stopwatch, feature_logits
 from toolkit.inference.predictors import EngineError, Predictor
+from toolkit.options import DEFAULT_OPTIONS, AnswerOptions
 from toolkit.postprocess import Answer, answer_all
 
 SINGLE = ""  # the name a single model is served under: requests cannot name it
@@ -77,32 +79,53 @@ class Engine:
                 served.qa = dataclasses.replace(served.qa, null_threshold=threshold)
         return self
 
-    def features(self, questions: list[str], contexts: list[str], adapter: str | None = None) -> Features:
-        return build_features(self.tokenizer, questions, contexts, self.served(adapter).qa.features())
+    @property
+    def max_positions(self) -> int:
+        """Tokens a window may hold: the tokenizer's model_max_length (the position embeddings' size)."""
+        limit = self.tokenizer.model_max_length
+        return limit if 0 < limit < 1_000_000 else 512
+
+    def feature_config(self, options: AnswerOptions, adapter: str | None = None) -> FeatureConfig:
+        """The windows options ask for on this model; OptionError when the model cannot take them."""
+        return options.features(self.served(adapter).qa, self.max_positions)
+
+    def features(self, questions: list[str], contexts: list[str], adapter: str | None = None,
+                 options: AnswerOptions = DEFAULT_OPTIONS) -> Features:
+        return build_features(self.tokenizer, questions, contexts, self.feature_config(options, adapter))
 
     def run(self, contexts: list[str], features: Features, adapter: str | None = None,
-            watch: Stopwatch | None = None, threshold: float | None = None):
-        """(answers, start logits, end logits) for the features of these contexts; stage times go to watch.
-        threshold replaces the model's no-answer threshold for these answers (None: the model's)."""
+            watch: Stopwatch | None = None, options: AnswerOptions = DEFAULT_OPTIONS):
+        """(answers, start logits, end logits) for the features of these contexts; stage times go to watch."""
         served = self.served(adapter)
         watch = watch or Stopwatch()
         with watch("infer"):
             start, end = feature_logits(served.predictor, features, self.tokenizer.pad_token_id, self.settings)
         watch.windows += len(features)
         with watch("postprocess"):
-            qa = served.qa
-            answers = answer_all(contexts, features.example_index, features.offsets, start, end, qa.n_best,
-                                 qa.max_answer_length, qa.null_threshold if threshold is None else threshold)
+            decoding = options.decoding(served.qa, from_config(served.qa.calibration))
+            answers = answer_all(contexts, features.example_index, features.offsets, start, end, decoding,
+                                 features.words)
         return answers, start, end
 
-    def answer(self, questions: list[str], contexts: list[str], adapter: str | None = None,
-               watch: Stopwatch | None = None, threshold: float | None = None) -> list[Answer]:
-        """One answer per question, in order, with its best span, confidences and no-answer decision."""
+    def answer(self, questions: list[str] | str, contexts: list[str] | str, adapter: str | None = None,
+               watch: Stopwatch | None = None, options: AnswerOptions = DEFAULT_OPTIONS) -> list[Answer] | Answer:
+        """One answer per question, in order, with its best span, probabilities and no-answer decision; one
+        Answer for one question and context given as strings. options: top_k, max_answer_len, ... (AnswerOptions).
+        Raises ValueError for an empty question or context, OptionError for options the model cannot take."""
+        if isinstance(questions, str) != isinstance(contexts, str):
+            raise TypeError("give questions and contexts both as strings or both as lists of strings")
+        if isinstance(questions, str):
+            return self.answer([questions], [contexts], adapter, watch, options)[0]
         if len(questions) != len(contexts):
             raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
+        for i, (q, c) in enumerate(zip(questions, contexts)):
+            if not isinstance(q, str) or not isinstance(c, str):
+                raise TypeError(f"question and context {i} must be strings, got {type(q).__name__} and {type(c).__name__}")
+            if not q.strip() or not c.strip():
+                raise ValueError(f"question {i} has an empty {'question' if not q.strip() else 'context'}")
         if not questions:
             return []
         watch = watch or Stopwatch()
         with watch("tokenise"):
-            features = self.features(questions, contexts, adapter)
-        return self.run(contexts, features, adapter, watch, threshold)[0]
+            features = self.features(questions, contexts, adapter, options)
+        return self.run(contexts, features, adapter, watch, options)[0]

@@ -24,6 +24,7 @@ from typing import IO, Iterator
 from tqdm.auto import tqdm
 
 from toolkit.inference import Engine, EngineSpec, Stopwatch, load_engine
+from toolkit.options import AnswerOptions
 from toolkit.serving.jobs import ServeError, check_paths, job_output
 from toolkit.serving.requests import MAX_CONTEXT_TOKENS, Query, answer_queries, parse_line
 
@@ -34,6 +35,7 @@ class ServeConfig:
     max_line_bytes: int = 1 << 20  # a longer input line is an error, never read into memory whole
     max_context_tokens: int = MAX_CONTEXT_TOKENS  # a longer context is an error
     resume: bool = False  # continue from the partial output of an interrupted run
+    options: AnswerOptions = field(default_factory=AnswerOptions)  # every line's, unless its "parameters" say more
 
     def check(self) -> None:
         if self.chunk_size < 1 or self.max_line_bytes < 1 or self.max_context_tokens < 1:
@@ -42,7 +44,12 @@ class ServeConfig:
     def bounds(self) -> dict:
         """The settings every chunk is read and checked with (a resumed job must use the same)."""
         return {"chunk_size": self.chunk_size, "max_line_bytes": self.max_line_bytes,
-                "max_context_tokens": self.max_context_tokens}
+                "max_context_tokens": self.max_context_tokens, "options": asdict(self.options)}
+
+    @classmethod
+    def from_bounds(cls, bounds: dict) -> "ServeConfig":
+        """The settings bounds() gave (on another process: a Ray worker)."""
+        return cls(**{**bounds, "options": AnswerOptions(**bounds["options"])})
 
 
 COUNTS = ("lines", "answered", "no_answer", "errors")
@@ -120,10 +127,10 @@ def read_chunks(stream: IO[bytes], cfg: ServeConfig, skip: int = 0, first: int =
         if n <= skip:
             continue
         if isinstance(item, int):
-            chunk.append(Query(line=n, id=str(n), error=f"line too long: {item} bytes "
-                                                        f"(at most {cfg.max_line_bytes}; see --max-line-bytes)"))
+            chunk.append(Query(line=n, id=str(n)).fail("too_long", f"line too long: {item} bytes "
+                                                                   f"(at most {cfg.max_line_bytes}; see --max-line-bytes)"))
         else:
-            chunk.append(parse_line(item, n))
+            chunk.append(parse_line(item, n, cfg.options))
         if len(chunk) == cfg.chunk_size:
             yield chunk
             chunk = []

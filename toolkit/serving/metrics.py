@@ -14,9 +14,9 @@ class ServerMetrics:
 
     def __init__(self, engine: Engine):
         self.registry = CollectorRegistry()
-        self.requests = Counter("qa_requests_total", "HTTP requests by path, status and adapter",
-                                ["path", "status", "adapter"], registry=self.registry)
-        self.latency = Histogram("qa_request_seconds", "Request latency by path", ["path"],
+        self.requests = Counter("qa_requests_total", "HTTP requests by method, path, status and adapter",
+                                ["method", "path", "status", "adapter"], registry=self.registry)
+        self.latency = Histogram("qa_request_seconds", "Request latency by method and path", ["method", "path"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_questions = Histogram("qa_batch_questions", "Questions per engine call", buckets=BATCH_BUCKETS,
                                          registry=self.registry)
@@ -25,16 +25,20 @@ class ServerMetrics:
         self.windows = Counter("qa_windows_total", "Token windows inferred (windows/s: its rate)", registry=self.registry)
         self.inference_seconds = Counter("qa_inference_seconds_total", "Seconds spent in engine calls",
                                          registry=self.registry)
+        self.shed = Counter("qa_shed_total", "Requests refused at once (503): they could not be answered by their "
+                            "deadline at the measured rate, or the queue was full", registry=self.registry)
         self.queue_depth = Gauge("qa_queue_questions", "Questions waiting for a batch", registry=self.registry)
         info = Gauge("qa_model_info", "What is served", ["adapter", "variant", "provider"], registry=self.registry)
         for name, served in engine.models.items():
             info.labels(name or "-", served.predictor.variant, served.predictor.provider).set(1)
 
-    def observe_request(self, path: str, status: int, seconds: float, adapter: str | None) -> None:
+    def observe_request(self, method: str, path: str, status: int, seconds: float, adapter: str | None) -> None:
+        """One request, under its method and route: the page's GET / apart from the API's POST /."""
         route = path if path in ("/", "/health", "/ready", "/metrics", "/adapters") else (
             "/adapters/{name}" if path.startswith("/adapters/") else "other")
-        self.requests.labels(route, str(status), adapter or "-").inc()
-        self.latency.labels(route).observe(seconds)
+        method = method if method in ("GET", "POST", "HEAD", "OPTIONS") else "other"
+        self.requests.labels(method, route, str(status), adapter or "-").inc()
+        self.latency.labels(method, route).observe(seconds)
 
     def observe_batch(self, record: BatchRecord) -> None:
         self.batch_questions.observe(record.questions)

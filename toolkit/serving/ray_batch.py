@@ -56,7 +56,7 @@ class ChunkAnswerer:
 
     def __init__(self, input_path: str, serve: dict, spec: dict):
         self.input_path = input_path
-        self.cfg = ServeConfig(**serve)
+        self.cfg = ServeConfig.from_bounds(serve)
         self.engine = load_engine(EngineSpec(**spec))
 
     def __call__(self, batch: dict) -> dict:

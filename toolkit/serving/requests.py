@@ -3,13 +3,24 @@ the adapter it picks, and its answer as a JSON-ready row. serve-batch reads reco
 online server from request bodies; both answer with answer_queries and the same row fields."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from toolkit.features import question_lengths
+from toolkit.features import question_lengths, token_counts
 from toolkit.inference import Engine, EngineError, Stopwatch
-from toolkit.postprocess import Answer
+from toolkit.options import DEFAULT_OPTIONS, AnswerOptions, OptionError
+from toolkit.postprocess import Answer, Span
 
 MAX_CONTEXT_TOKENS = 4096  # SQuAD's longest context has ~850 tokens
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a question is not answered: its kind decides the HTTP status, its message is shown as is."""
+    kind: str  # one of PROBLEM_KINDS
+    message: str
+
+
+PROBLEM_KINDS = ("invalid", "too_long", "unknown_adapter")
 
 
 @dataclass
@@ -19,110 +30,150 @@ class Query:
     question: str = ""
     context: str = ""
     adapter: str | None = None
-    error: str | None = None
+    options: AnswerOptions = field(default_factory=AnswerOptions)
+    error: Problem | None = None
+
+    def fail(self, kind: str, message: str) -> "Query":
+        self.error = Problem(kind, message)
+        return self
 
 
-def query_from_record(record, line: int) -> Query:
-    """A Query from a decoded JSON value: an object with question, context and optionally id and adapter;
-    anything else gets a Query whose error names the field and the problem."""
-    query = Query(line=line, id=str(line))
+def json_type(value) -> str:
+    """A JSON value's type as JSON names it (null, not NoneType)."""
+    return {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(value), type(value).__name__)
+
+
+def query_from_record(record, line: int, defaults: AnswerOptions = DEFAULT_OPTIONS) -> Query:
+    """A Query from a decoded JSON value: an object with question, context and optionally id, adapter and
+    parameters (HF's question-answering parameters, over defaults); anything else gets a Query whose error
+    names the field and the problem."""
+    query = Query(line=line, id=str(line), options=defaults)
     if not isinstance(record, dict):
-        query.error = f"expected a JSON object, got {type(record).__name__}"
-        return query
+        return query.fail("invalid", f"expected a JSON object, got {json_type(record)}")
     if "id" in record:
         if not isinstance(record["id"], (str, int)) or isinstance(record["id"], bool):
-            query.error = f"field 'id' must be a string or integer, got {type(record['id']).__name__}"
-            return query
+            return query.fail("invalid", f"field 'id' must be a string or integer, got {json_type(record['id'])}")
         query.id = str(record["id"])
     for name in ("question", "context"):
         if name not in record:
-            query.error = f"missing field '{name}'"
-            return query
+            return query.fail("invalid", f"missing field '{name}'")
         if not isinstance(record[name], str):
-            query.error = f"field '{name}' must be a string, got {type(record[name]).__name__}"
-            return query
+            return query.fail("invalid", f"field '{name}' must be a string, got {json_type(record[name])}")
         if not record[name].strip():
-            query.error = f"empty field '{name}'"
-            return query
+            return query.fail("invalid", f"empty field '{name}'")
     query.question, query.context = record["question"], record["context"]
     if "adapter" in record:
         if not isinstance(record["adapter"], str):
-            query.error = f"field 'adapter' must be a string, got {type(record['adapter']).__name__}"
-            return query
+            return query.fail("invalid", f"field 'adapter' must be a string, got {json_type(record['adapter'])}")
         query.adapter = record["adapter"]
+    if record.get("parameters") is not None:
+        if not isinstance(record["parameters"], dict):
+            return query.fail("invalid", f"field 'parameters' must be an object, got {json_type(record['parameters'])}")
+        try:
+            query.options = defaults.with_parameters(record["parameters"])
+        except OptionError as e:
+            return query.fail("invalid", str(e))
     return query
 
 
-def parse_line(raw: bytes, line: int) -> Query:
+def parse_line(raw: bytes, line: int, defaults: AnswerOptions = DEFAULT_OPTIONS) -> Query:
     """One JSONL line (without its line end) -> Query."""
+    query = Query(line=line, id=str(line), options=defaults)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        return Query(line=line, id=str(line), error=f"invalid UTF-8 at byte {e.start}")
+        return query.fail("invalid", f"invalid UTF-8 at byte {e.start}")
     if not text.strip():
-        return Query(line=line, id=str(line), error="empty line")
+        return query.fail("invalid", "empty line")
     try:
         record = json.loads(text)
     except json.JSONDecodeError as e:
-        return Query(line=line, id=str(line), error=f"malformed JSON: {e.msg} at column {e.colno}")
-    return query_from_record(record, line)
+        return query.fail("invalid", f"malformed JSON: {e.msg} at column {e.colno}")
+    return query_from_record(record, line, defaults)
 
 
-def check_sizes(engine: Engine, adapter: str | None, queries: list[Query], max_context_tokens: int) -> None:
+def check_sizes(engine: Engine, queries: list[Query], max_question_tokens: int, max_context_tokens: int) -> None:
     """Mark questions and contexts over their token limits as errors. A context of at most
     max_context_tokens UTF-8 bytes cannot have more tokens, so only longer ones are tokenised."""
-    limit = engine.served(adapter).qa.max_question_tokens
     for q, n in zip(queries, question_lengths(engine.tokenizer, [q.question for q in queries])):
-        if n > limit:
-            q.error = f"question too long: {n} tokens (at most {limit})"
+        if n > max_question_tokens:
+            q.fail("too_long", f"question too long: {n} tokens (at most {max_question_tokens}; see max_question_len)")
     suspects = [q for q in queries if q.error is None and len(q.context.encode("utf-8")) > max_context_tokens]
-    if suspects:
-        counts = engine.tokenizer([q.context for q in suspects], add_special_tokens=False)["input_ids"]
-        for q, ids in zip(suspects, counts):
-            if len(ids) > max_context_tokens:
-                q.error = (f"context too long: {len(ids)} tokens "
-                           f"(at most {max_context_tokens}; see --max-context-tokens)")
+    for q, n in zip(suspects, token_counts(engine.tokenizer, [q.context for q in suspects])):
+        if n > max_context_tokens:
+            q.fail("too_long", f"context too long: {n} tokens (at most {max_context_tokens}; see --max-context-tokens)")
 
 
-def by_adapter(engine: Engine, queries: list[Query]) -> dict[str, list[Query]]:
-    """The queries each served model answers; a query naming an adapter that is not served is marked."""
-    groups: dict[str, list[Query]] = {}
+def groups(engine: Engine, queries: list[Query]) -> dict[tuple[str, AnswerOptions], list[Query]]:
+    """The queries answered together: one served model and one set of options each. A query naming an
+    adapter that is not served is marked."""
+    out: dict[tuple[str, AnswerOptions], list[Query]] = {}
     for q in queries:
         try:
-            groups.setdefault(engine.resolve(q.adapter), []).append(q)
+            out.setdefault((engine.resolve(q.adapter), q.options), []).append(q)
         except EngineError as e:
-            q.error = str(e)
-    return groups
+            q.fail("unknown_adapter", str(e))
+    return out
 
 
 def finite(x: float) -> float | None:
     return x if x == x and abs(x) != float("inf") else None
 
 
+def span_fields(span: Span) -> dict:
+    return {"answer": span.text, "score": span.probability, "start": span.start, "end": span.end,
+            "start_confidence": span.start_confidence, "end_confidence": span.end_confidence}
+
+
+def answer_fields(a: Answer) -> dict:
+    """The fields of one answer, as serve-batch writes them (and the server, in HF's form: hf_answer).
+    score: the probability that the answer is right (of "no answer" when there is none); alternatives
+    (with top_k > 1): the next best distinct spans."""
+    span = a.best_span
+    fields = {"answer": None if a.no_answer else a.text, "start": a.start, "end": a.end,
+              "score": finite(a.confidence), "no_answer": a.no_answer,
+              "no_answer_probability": a.no_answer_probability, "no_answer_threshold": a.no_answer_threshold,
+              "calibrated": a.calibrated,
+              "start_confidence": span.start_confidence if span else 0.0,
+              "end_confidence": span.end_confidence if span else 0.0, "null_score_diff": finite(a.null_score_diff),
+              "best_span": span.text if span else None, "best_span_start": span.start if span else None,
+              "best_span_end": span.end if span else None}
+    if a.alternatives:
+        fields["alternatives"] = [span_fields(s) for s in a.alternatives]
+    return fields
+
+
 def answer_row(q: Query, a: Answer, adapter: str | None) -> dict:
-    """The fields of one answer, as serve-batch writes them and the server returns them."""
-    return {"id": q.id, "line": q.line, **({"adapter": adapter} if adapter else {}),
-            "answer": None if a.no_answer else a.text,
-            "start": None if a.no_answer else a.start, "end": None if a.no_answer else a.end,
-            "score": finite(a.score), "start_confidence": a.start_confidence, "end_confidence": a.end_confidence,
-            "null_score_diff": finite(a.null_score_diff), "no_answer": a.no_answer,
-            "no_answer_probability": a.no_answer_probability, "best_span": a.text if a.start is not None else None}
+    """One serve-batch output line: the question's id and line, its adapter when several are served, its answer."""
+    return {"id": q.id, "line": q.line, **({"adapter": adapter} if adapter else {}), **answer_fields(a)}
+
+
+def error_row(q: Query) -> dict:
+    return {"id": q.id, "line": q.line, "error": q.error.message, "error_kind": q.error.kind}
 
 
 def answer_checked(engine: Engine, queries: list[Query], max_context_tokens: int = MAX_CONTEXT_TOKENS,
-                   watch: Stopwatch | None = None, threshold: float | None = None) -> dict[int, Answer]:
-    """line -> Answer for every query that passes its checks (adapter, token bounds); the others get their
-    error set. Each adapter's queries are answered together, never in a batch with another's."""
+                   watch: Stopwatch | None = None) -> dict[int, Answer]:
+    """line -> Answer for every query that passes its checks (adapter, options, token bounds); the others get
+    their error set. Each adapter's queries are answered together, never in a batch with another's, and so are
+    the queries of one set of options."""
     watch = watch or Stopwatch()
     answers = {}
-    for name, group in by_adapter(engine, [q for q in queries if q.error is None]).items():
+    for (name, options), group in groups(engine, [q for q in queries if q.error is None]).items():
         adapter = name or None  # SINGLE: the engine's one model
         with watch("checks"):
-            check_sizes(engine, adapter, group, max_context_tokens)
+            try:
+                windows = engine.feature_config(options, adapter)
+            except OptionError as e:
+                for q in group:
+                    q.fail("invalid", str(e))
+                continue
+            check_sizes(engine, group, windows.max_question_tokens, max_context_tokens)
         group = [q for q in group if q.error is None]
         answers.update(zip((q.line for q in group), engine.answer([q.question for q in group],
                                                                  [q.context for q in group], adapter, watch,
-                                                                 threshold)))
+                                                                 options)))
     return answers
 
 
@@ -131,5 +182,5 @@ def answer_queries(engine: Engine, queries: list[Query], max_context_tokens: int
     """One row per query, in order: its answer, or its error."""
     answers = answer_checked(engine, queries, max_context_tokens, watch)
     named = bool(engine.adapters)
-    return [{"id": q.id, "line": q.line, "error": q.error} if q.error is not None
+    return [error_row(q) if q.error is not None
             else answer_row(q, answers[q.line], (q.adapter or engine.default) if named else None) for q in queries]

@@ -16,6 +16,8 @@ import dataclasses
 import hmac
 import json
 import logging
+import math
+import os
 import signal
 import time
 import uuid
@@ -28,29 +30,33 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from toolkit.calibration import from_config
 from toolkit.config import QAConfig
 from toolkit.inference import Engine, EngineError, EngineSpec
 from toolkit.inference.loading import default_variant
 from toolkit.inference.openvino import unusable_here
+from toolkit.options import DEFAULT_OPTIONS, OptionError
 from toolkit.postprocess import Answer
-from toolkit.serving.batcher import Batcher, BatcherConfig, QueueFull
+from toolkit.serving.batcher import Batcher, BatcherConfig, Overloaded, Unavailable
 from toolkit.serving.metrics import ServerMetrics
-from toolkit.serving.requests import Query, query_from_record
+from toolkit.serving.requests import Query, answer_fields, json_type, query_from_record
 
 PAGE = Path(__file__).with_name("static") / "page.html"
-HF_PARAMETERS = {"handle_impossible_answer", "top_k", "doc_stride", "max_answer_len", "max_seq_len",
-                 "max_question_len", "align_to_words"}  # accepted; windows and lengths are the model's own
-OPEN_ROUTES = {"/health"}
+# Open without the API key: liveness and readiness (probes carry no credentials) and the page itself (it asks
+# for the key and sends it with each question).
+OPEN_ROUTES = {("GET", "/health"), ("GET", "/ready"), ("GET", "/"), ("HEAD", "/")}
+STATUS = {"invalid": 422, "too_long": 422, "unknown_adapter": 404}  # Problem.kind -> HTTP status
 
 
 @dataclass
 class ServerConfig:
     max_body_bytes: int = 1 << 20  # serve-batch's --max-line-bytes
     max_inputs: int = 64  # questions in one request
-    request_timeout_s: float = 30.0
-    api_key: str | None = None  # every route but /health needs "Authorization: Bearer <key>"
+    request_timeout_s: float = 30.0  # the deadline of a request that names none (X-Request-Timeout: seconds)
+    api_key: str | None = None  # every route but OPEN_ROUTES needs "Authorization: Bearer <key>"
     cors_origins: tuple[str, ...] = ()
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
+    stop_when_batcher_dies: bool = False  # serve(): SIGTERM itself, so that a supervisor restarts the process
 
 
 class RequestError(Exception):
@@ -59,22 +65,23 @@ class RequestError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-def hf_answer(q: Query, a: Answer, adapter: str | None) -> dict:
-    """Hugging Face's answer fields (score: the span's start x end probability; "" at 0..0 with the no-answer
-    probability as score when there is no answer, as the transformers pipeline does) and ours."""
-    span = a.start is not None
-    return {"answer": "" if a.no_answer else a.text, "score": a.no_answer_probability if a.no_answer
-            else a.start_confidence * a.end_confidence, "start": 0 if a.no_answer else a.start,
-            "end": 0 if a.no_answer else a.end, "start_confidence": a.start_confidence,
-            "end_confidence": a.end_confidence, "no_answer": a.no_answer,
-            "no_answer_probability": a.no_answer_probability,
-            "null_score_diff": a.null_score_diff if span else None, "best_span": a.text if span else None,
-            "best_span_start": a.start, "best_span_end": a.end, **({"adapter": adapter} if adapter else {})}
+def hf_answer(a: Answer, adapter: str | None) -> dict | list[dict]:
+    """Hugging Face's answer fields and ours (answer_fields): "" at 0..0 when there is no answer, as the
+    transformers pipeline does; with top_k > 1, a list: this answer, then the alternatives."""
+    fields = answer_fields(a)
+    alternatives = fields.pop("alternatives", None)
+    if a.no_answer:
+        fields.update(answer="", start=0, end=0)
+    if adapter:
+        fields["adapter"] = adapter
+    if alternatives is None:
+        return fields
+    return [fields, *({**alt, "no_answer": False} for alt in alternatives)]
 
 
-def parse_body(raw: bytes, max_inputs: int, path_adapter: str | None) -> tuple[list[Query], float | None, bool]:
-    """(queries, threshold override, whether a list was sent) from a request body, or a RequestError naming
-    the field: 400 for what is not JSON, 422 for JSON of the wrong shape."""
+def parse_body(raw: bytes, max_inputs: int, path_adapter: str | None) -> tuple[list[Query], bool]:
+    """(queries, whether a list was sent) from a request body, or a RequestError naming the field: 400 for what
+    is not JSON, 422 for JSON of the wrong shape or a parameter that cannot be honoured."""
     try:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -83,32 +90,31 @@ def parse_body(raw: bytes, max_inputs: int, path_adapter: str | None) -> tuple[l
         raise RequestError(400, f"malformed JSON: {e.msg} at column {e.colno}") from None
     if not isinstance(body, dict) or "inputs" not in body:
         raise RequestError(422, "expected a JSON object with 'inputs': {'question', 'context'} or a list of them")
-    parameters = body.get("parameters") or {}
+    parameters = body.get("parameters")
+    parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):
-        raise RequestError(422, f"field 'parameters' must be an object, got {type(parameters).__name__}")
-    unknown = set(parameters) - HF_PARAMETERS - {"adapter"}
-    if unknown:
-        raise RequestError(422, f"unknown parameter(s) {sorted(unknown)}; known: {sorted(HF_PARAMETERS | {'adapter'})}")
-    if parameters.get("top_k", 1) != 1:
-        raise RequestError(422, "parameter 'top_k': only the best answer (top_k 1) is served")
-    impossible = parameters.get("handle_impossible_answer")
-    if impossible is not None and not isinstance(impossible, bool):
-        raise RequestError(422, "parameter 'handle_impossible_answer' must be true or false")
+        raise RequestError(422, f"field 'parameters' must be an object, got {json_type(parameters)}")
     adapter = parameters.get("adapter", path_adapter)
     if adapter is not None and not isinstance(adapter, str):
-        raise RequestError(422, "parameter 'adapter' must be a string")
+        raise RequestError(422, f"parameter 'adapter' must be a string, got {json_type(adapter)}")
+    try:
+        options = DEFAULT_OPTIONS.with_parameters({k: v for k, v in parameters.items() if k != "adapter"})
+    except OptionError as e:
+        raise RequestError(422, str(e)) from None
     listed = isinstance(body["inputs"], list)
     inputs = body["inputs"] if listed else [body["inputs"]]
     if not inputs or len(inputs) > max_inputs:
         raise RequestError(422 if not inputs else 413, f"'inputs' must hold 1 to {max_inputs} questions, got {len(inputs)}")
     queries = []
     for i, record in enumerate(inputs):
-        q = query_from_record(record, i)
+        if isinstance(record, dict) and "parameters" in record:
+            raise RequestError(422, f"inputs[{i}]: 'parameters' belong beside 'inputs', not inside them")
+        q = query_from_record(record, i, options)
         if q.error:
-            raise RequestError(422, f"inputs[{i}]: {q.error}" if listed else f"inputs: {q.error}")
+            raise RequestError(422, f"inputs[{i}]: {q.error.message}" if listed else f"inputs: {q.error.message}")
         q.adapter = q.adapter or adapter
         queries.append(q)
-    return queries, None if impossible is None else (None if impossible else float("inf")), listed
+    return queries, listed
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -125,18 +131,18 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def error_status(q: Query) -> int:
-    if q.error.startswith("unknown adapter"):
-        return 404
-    return 422  # question or context over its token limit
-
-
 def create_app(engine: Engine, cfg: ServerConfig, log: logging.Logger | None = None) -> FastAPI:
     """The ASGI app over one engine; the batcher starts (and the engine is warmed) when the app starts."""
     log = log or logging.getLogger("qa-toolkit.serve")
     metrics = ServerMetrics(engine)
-    batcher = Batcher(engine, cfg.batcher, metrics.observe_batch)
     state = {"ready": False}
+
+    def batcher_died(error: BaseException | None) -> None:
+        state["ready"], app.state.batcher_died = False, repr(error)
+        if cfg.stop_when_batcher_dies:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    batcher = Batcher(engine, cfg.batcher, metrics.observe_batch, batcher_died, log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -149,6 +155,7 @@ def create_app(engine: Engine, cfg: ServerConfig, log: logging.Logger | None = N
         await batcher.stop()
 
     app = FastAPI(title="qa-toolkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.batcher, app.state.batcher_died = batcher, None
     if cfg.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -171,29 +178,36 @@ def create_app(engine: Engine, cfg: ServerConfig, log: logging.Logger | None = N
 
     async def answer(request: Request, path_adapter: str | None):
         raw = await read_body(request, cfg.max_body_bytes)
-        queries, threshold, listed = parse_body(raw, cfg.max_inputs, path_adapter)
+        queries, listed = parse_body(raw, cfg.max_inputs, path_adapter)
         request.state.log.update(questions=len(queries), adapter=queries[0].adapter)
+        deadline = request_deadline(request, cfg.request_timeout_s)
         try:
-            future = batcher.submit(queries, threshold, keep_alive_client(request))
-        except QueueFull as e:
-            raise RequestError(503, f"server busy: {e}; retry later", {"Retry-After": "1"}) from None
+            future = batcher.submit(queries, keep_alive_client(request), deadline)
+        except Overloaded as e:
+            metrics.shed.inc()
+            raise RequestError(503, f"server busy: {e}; retry later",
+                               {"Retry-After": str(math.ceil(e.retry_after))}) from None
+        except Unavailable as e:
+            raise RequestError(503, str(e)) from None
         hangup = asyncio.ensure_future(until_disconnected(request.receive))
-        done, _ = await asyncio.wait({future, hangup}, timeout=cfg.request_timeout_s,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({future, hangup}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
         hangup.cancel()
         if future not in done:
             future.cancel()  # dropped from the queue if its batch has not started
             if hangup in done:
                 request.state.log["client"] = "hung up"
                 return Response(status_code=499)
-            raise RequestError(504, f"not answered within {cfg.request_timeout_s:g} s")
-        answers = future.result()
+            raise RequestError(504, f"not answered within {deadline:g} s")
+        try:
+            answers = future.result()
+        except Unavailable as e:
+            raise RequestError(503, str(e)) from None
         failed = next((q for q in queries if q.error), None)
         if failed is not None:
             where = f"inputs[{failed.line}]: " if listed else ""
-            raise RequestError(error_status(failed), where + failed.error)
+            raise RequestError(STATUS[failed.error.kind], where + failed.error.message)
         named = bool(engine.adapters)
-        out = [hf_answer(q, answers[q.line], engine.resolve(q.adapter) if named else None) for q in queries]
+        out = [hf_answer(answers[q.line], engine.resolve(q.adapter) if named else None) for q in queries]
         return JSONResponse(out if listed else out[0])
 
     @app.post("/")
@@ -211,8 +225,11 @@ def create_app(engine: Engine, cfg: ServerConfig, log: logging.Logger | None = N
     @app.get("/adapters")
     async def adapters():
         return {"default": engine.default or None, "adapters": [
-            {"name": name or None, "no_answer_threshold": served.qa.null_threshold,
-             "threshold_tuned_on": served.qa.null_threshold_tuned_on, "variant": served.predictor.variant,
+            {"name": name or None,
+             "no_answer_threshold": from_config(served.qa.calibration).no_answer_probability(served.qa.null_threshold),
+             "null_score_threshold": served.qa.null_threshold,
+             "threshold_tuned_on": served.qa.null_threshold_tuned_on, "calibrated": served.qa.calibration is not None,
+             "variant": served.predictor.variant,
              "provider": served.predictor.provider} for name, served in engine.models.items()]}
 
     @app.get("/health")
@@ -221,7 +238,10 @@ def create_app(engine: Engine, cfg: ServerConfig, log: logging.Logger | None = N
 
     @app.get("/ready")
     async def ready():
-        return JSONResponse({"ready": state["ready"]}, 200 if state["ready"] else 503)
+        ok = state["ready"] and batcher.alive
+        died = app.state.batcher_died
+        body = {"ready": ok, **({"error": f"batcher died: {died}"} if died else {})}
+        return JSONResponse(body, 200 if ok else 503)
 
     @app.get("/metrics")
     async def prometheus():
@@ -261,7 +281,7 @@ class Guard:
             await send(message)
 
         path = scope["path"]
-        if self.api_key and path not in OPEN_ROUTES and scope["method"] != "OPTIONS" \
+        if self.api_key and (scope["method"], path) not in OPEN_ROUTES and scope["method"] != "OPTIONS" \
                 and not authorised(headers.get(b"authorization", b""), self.api_key):
             await JSONResponse({"error": "missing or wrong API key: send Authorization: Bearer <key>"}, 401,
                                headers={"WWW-Authenticate": "Bearer"})(scope, receive, send_with_id)
@@ -274,9 +294,23 @@ class Guard:
                     await JSONResponse({"error": "internal error; see the server log", "request_id": request_id},
                                        500)(scope, receive, send_with_id)
         seconds = time.perf_counter() - started
-        self.metrics.observe_request(path, status or 500, seconds, state["log"].get("adapter"))
+        self.metrics.observe_request(scope["method"], path, status or 500, seconds, state["log"].get("adapter"))
         self.log.info(json.dumps({"request_id": request_id, "method": scope["method"], "path": path,
                                   "status": status or 500, "ms": round(1000 * seconds, 2), **state["log"]}))
+
+
+def request_deadline(request: Request, default_s: float) -> float:
+    """Seconds the caller gives this request: its X-Request-Timeout header, at most the server's --timeout."""
+    header = request.headers.get("x-request-timeout")
+    if header is None:
+        return default_s
+    try:
+        seconds = float(header)
+    except ValueError:
+        raise RequestError(400, f"header X-Request-Timeout must be a number of seconds, got {header!r}") from None
+    if not 0 < seconds < math.inf:
+        raise RequestError(400, f"header X-Request-Timeout must be a positive number of seconds, got {header!r}")
+    return min(seconds, default_s)
 
 
 def keep_alive_client(request: Request):
@@ -331,8 +365,10 @@ def server_spec(spec: EngineSpec) -> EngineSpec:
 
 
 def serve(spec: EngineSpec, cfg: ServerConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Load the engine and serve it with uvicorn until SIGINT/SIGTERM: then stop accepting, finish what is in
-    flight, and return."""
+    """Load the engine, bind the port, say where it serves, and serve with uvicorn until SIGINT/SIGTERM: then
+    stop accepting, finish what is in flight, and return. A bad model or a port in use fails before any 'serving'."""
+    import socket
+
     import uvicorn
 
     from toolkit.inference import load_engine
@@ -347,11 +383,24 @@ def serve(spec: EngineSpec, cfg: ServerConfig, host: str = "127.0.0.1", port: in
     engine = load_engine(server_spec(spec))
     for name, served in engine.models.items():
         log.info(json.dumps({"event": "loaded", "adapter": name or None, "variant": served.predictor.variant,
-                             "provider": served.predictor.provider, "threshold": served.qa.null_threshold}))
+                             "provider": served.predictor.provider, "threshold": served.qa.null_threshold,
+                             "calibrated": served.qa.calibration is not None}))
+    cfg = dataclasses.replace(cfg, stop_when_batcher_dies=True)
     app = create_app(engine, cfg, log)
     config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning",
                             timeout_graceful_shutdown=int(cfg.request_timeout_s) + 5)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise EngineError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    log.info(json.dumps({"event": "serving", "url": f"http://{host}:{port}", "api_key": cfg.api_key is not None}))
     # uvicorn stops gracefully on SIGTERM, then raises the signal again for the handler it found: a SIGTERM
     # that ended a graceful stop is a normal exit (0), not a death by signal.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock])
+    if app.state.batcher_died:
+        raise EngineError(f"stopped: the batcher died ({app.state.batcher_died}); see the log")

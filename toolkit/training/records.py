@@ -110,13 +110,22 @@ def model_card(cfg: TrainConfig, manifest: dict) -> str:
         f"on {manifest['device']} ({manifest['speed']['precision']}, {manifest['speed']['tokens_per_second']:.0f} "
         f"tokens/s, {100 * manifest['speed']['fraction_of_peak']:.0f}% of the fp32 matmul peak)",
         f"- no-answer threshold: {manifest['null_threshold']['value']:.4f} ({manifest['null_threshold']['how']}: "
-        f"{cfg.eval_file}); serve with `--no-answer-threshold never` for questions that always have an answer", "",
+        f"{cfg.eval_file}); serve with `--no-answer-threshold never` for questions that always have an answer",
+        calibration_line(manifest.get("calibration")), "",
         "| metric | value |", "|---|---|",
     ]
     lines += [f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in tuned.items()]
     lines += ["", "Load it with `qa-toolkit serve-batch --engine torch --model <this dir>` or export it with "
               "`qa-toolkit export --merge --adapter <this dir>`.", ""]
     return "\n".join(lines)
+
+
+def calibration_line(calibration: dict | None) -> str:
+    if calibration is None:
+        return "- probabilities: not calibrated (too few eval questions to fit on); answers say calibrated: false"
+    return (f"- probabilities: Platt scaling fitted on the same {calibration['questions']} eval questions "
+            f"(ECE there: no-answer {calibration['ece_no_answer']:.3f}, answer {calibration['ece_answer']:.3f}; "
+            "held-out figures: `bench/calibration.py`)")
 
 
 def write_manifest(manifest: dict, cfg: TrainConfig, out: Path, model_dir: Path) -> None:

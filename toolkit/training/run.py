@@ -14,9 +14,10 @@ from transformers import DataCollatorWithPadding
 
 from toolkit import data as data_mod
 from toolkit import modeling
+from toolkit.calibrating import fit_answers, tuned_threshold
+from toolkit.calibration import Calibration, CalibrationError
 from toolkit.config import QAConfig, TrainConfig
 from toolkit.features import Features, build_features, check_config
-from toolkit.metrics import best_null_threshold
 from toolkit.runtime import package_versions, peak_rss_mb
 from toolkit.training.records import print_row, table_row, table_rows, training_speed, write_manifest, write_reports
 from toolkit.training.trainer import (
@@ -144,22 +145,26 @@ def final_rows(trainer: QATrainer, evalset: EvalSet, main_process: bool) -> list
     return rows
 
 
-def tune_threshold(evalset: EvalSet) -> tuple[float, str]:
-    """The no-answer threshold with the best F1 on the eval set, and how it was chosen."""
+def tune_threshold(evalset: EvalSet) -> tuple[float, str, Calibration | None]:
+    """The no-answer threshold with the best F1 on the eval set, how it was chosen, and the calibration
+    fitted there (None without unanswerable questions to fit it on)."""
     if not evalset.has_unanswerable():
-        return 0.0, "default 0.0: the eval set has no unanswerable question to tune on"
+        return 0.0, "default 0.0: the eval set has no unanswerable question to tune on", None
     answers = evalset.answers(*evalset.last_logits, 0.0)
-    best = best_null_threshold({e.id: a.text for e, a in zip(evalset.examples, answers)},
-                               {e.id: a.null_score_diff for e, a in zip(evalset.examples, answers)},
-                               evalset.references)
-    return best.threshold, "tuned on the eval set (max F1)"
+    try:
+        calibration = fit_answers(evalset.examples, answers, evalset.cfg.eval_file)
+    except CalibrationError as e:  # the model is kept; it answers with the uncalibrated fallback
+        print(f"calibration not fitted: {e}", file=sys.stderr)
+        calibration = None
+    return tuned_threshold(evalset.examples, answers), "tuned on the eval set (max F1)", calibration
 
 
-def save_model(model, tokenizer, cfg: TrainConfig, threshold: float, tuned_on: str, out: Path) -> Path:
+def save_model(model, tokenizer, cfg: TrainConfig, threshold: float, tuned_on: str, calibration: Calibration | None,
+               out: Path) -> Path:
     qa = QAConfig(base_model=cfg.model, model_type=model.config.model_type,
                   max_length=cfg.max_length, doc_stride=cfg.doc_stride, max_question_tokens=cfg.max_question_tokens,
                   max_answer_length=cfg.max_answer_length, n_best=cfg.n_best, null_threshold=threshold,
-                  null_threshold_tuned_on=tuned_on)
+                  null_threshold_tuned_on=tuned_on, calibration=calibration.to_dict() if calibration else None)
     model_dir = out / ("model" if cfg.full_finetune else "adapter")
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -204,10 +209,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
     rows = final_rows(trainer, evalset, main_process)
     if not main_process:
         return None
-    threshold, how = tune_threshold(evalset)
-    model_dir = save_model(trainer.model, tokenizer, cfg, threshold, cfg.eval_file if evalset.has_unanswerable() else "", out)
-    predictions = evalset.answers(*evalset.last_logits, threshold)
-    write_reports(rows, {e.id: dataclasses.asdict(a) for e, a in zip(evalset.examples, predictions)}, out / "reports")
+    threshold, how, calibration = tune_threshold(evalset)
+    model_dir = save_model(trainer.model, tokenizer, cfg, threshold, cfg.eval_file if evalset.has_unanswerable() else "",
+                           calibration, out)
+    predictions = evalset.answers(*evalset.last_logits, threshold, calibration)
+    write_reports(rows, {e.id: {"text": a.text, **dataclasses.asdict(a)} for e, a in zip(evalset.examples, predictions)},
+                  out / "reports")
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     mixed = precision(cfg)
     manifest = {
@@ -227,6 +234,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
                                 table.steps, table.step_seconds, mixed, torch.get_num_threads(), world),
         "peak_rss_mb": peak_rss_mb(),
         "null_threshold": {"value": threshold, "how": how},
+        "calibration": calibration.to_dict() if calibration else None,
         "final_metrics": {"threshold_0": evalset.score(*evalset.last_logits, 0.0),
                           "tuned": evalset.score_answers(predictions, *evalset.last_logits)},
         "table": rows,

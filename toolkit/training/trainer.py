@@ -10,10 +10,11 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from toolkit import data as data_mod
+from toolkit.calibration import Calibration, Uncalibrated
 from toolkit.config import TrainConfig
 from toolkit.features import build_features, question_lengths
 from toolkit.metrics import position_metrics, squad_scores
-from toolkit.postprocess import answer_all
+from toolkit.postprocess import Decoding, answer_all
 from toolkit.runtime import native_bf16
 from toolkit.training.records import print_row, table_row
 
@@ -105,15 +106,19 @@ class EvalSet:
         inverse[self.order] = np.arange(len(self.order))
         return start[inverse], end[inverse]
 
-    def answers(self, start_logits: np.ndarray, end_logits: np.ndarray, threshold: float):
+    def answers(self, start_logits: np.ndarray, end_logits: np.ndarray, threshold: float,
+                calibration: Calibration | None = None):
+        """Answers as the served model gives them (words aligned), with this threshold and calibration."""
+        decoding = Decoding(n_best=self.cfg.n_best, max_answer_length=self.cfg.max_answer_length,
+                            null_threshold=threshold, calibration=calibration or Uncalibrated())
         return answer_all([e.context for e in self.examples], self.features.example_index, self.features.offsets,
-                          start_logits, end_logits, self.cfg.n_best, self.cfg.max_answer_length, threshold)
+                          start_logits, end_logits, decoding, self.features.words)
 
     def score(self, start_logits: np.ndarray, end_logits: np.ndarray, threshold: float = 0.0) -> dict:
         return self.score_answers(self.answers(start_logits, end_logits, threshold), start_logits, end_logits)
 
     def score_answers(self, answers, start_logits: np.ndarray, end_logits: np.ndarray) -> dict:
-        scores = squad_scores({e.id: a.prediction for e, a in zip(self.examples, answers)}, self.references)
+        scores = squad_scores({e.id: a.text for e, a in zip(self.examples, answers)}, self.references)
         labels = np.array(self.features.start_positions), np.array(self.features.end_positions)
         return {**position_metrics(start_logits, end_logits, *labels), **scores}
 

@@ -1,0 +1,82 @@
+"""The fast and the accurate reference side by side, from one run: each export's default (fastest gated) CPU variant
+answers the same held-out questions with serve-batch, each output file is scored with `qa-toolkit score`, and
+the questions per second are measured on the same box, one model after the other.
+
+    python bench/reference_pair.py --fast models/minilm-squad2-lora/export --accurate models/mpnet-squad2-lora/export
+
+Sets: the 7 held-out SQuAD 2.0 slice articles (tuned threshold) and SQuAD v1.1 dev without the 19 training
+articles (best span). Writes bench/results/<name>/results.json and results.md.
+"""
+
+import argparse
+from pathlib import Path
+
+from toolkit import data, load
+from toolkit.bench.results import machine_line, stamp, write_results
+from toolkit.metrics import score_answer_file
+from toolkit.runtime import default_threads
+from toolkit.serving import serve_batch
+
+SLICE = "../shared/data/squad2-dev-slice.json"
+TUNE = "Huguenot,European_Union_law,Yuan_dynasty"
+TRAIN_ARTICLES = ("Southern_California,Sky_(United_Kingdom),Victoria_(Australia),Oxygen,Amazon_rainforest,Ctenophora,"
+                  "Fresno,_California,Black_Death,Geology,Pharmacy,Civil_disobedience,Construction,Private_school,"
+                  "Jacksonville,_Florida,Economic_inequality,University_of_Chicago,"
+                  "Intergovernmental_Panel_on_Climate_Change,Prime_number,Rhine")
+
+
+def run(export: Path, name: str, sets: dict[str, str], work: Path) -> dict:
+    engine = load(export / "onnx", device="cpu")
+    variant = engine.served().predictor.variant
+    out = {"export": str(export), "variant": variant}
+    for set_name, source in sets.items():
+        examples, _ = data.load_examples([source], data.default_cache_dir(), 42, None, "validation")
+        questions = work / f"{set_name}.jsonl"
+        if not questions.exists():
+            data.write_jsonl(examples, questions)
+        answers = work / f"{name}-{set_name}.answers.jsonl"
+        summary = serve_batch(engine, str(questions), str(answers), progress=False)
+        refs = data.references(examples)
+        scores = score_answer_file(str(answers), refs, best_span=set_name.startswith("v1.1"))
+        out[set_name] = {"questions": len(examples), "questions_per_second": summary.questions_per_second,
+                         **{k: scores.get(k) for k in ("exact", "f1", "HasAns_f1", "NoAns_f1", "no_answer_auc")},
+                         "no_answer_ece": scores.get("calibration", {}).get("no_answer_ece"),
+                         "score_ece": scores.get("calibration", {}).get("score_ece")}
+        print(name, set_name, out[set_name], flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fast", required=True, help="the MiniLM export directory (merged/ + onnx/)")
+    parser.add_argument("--accurate", required=True, help="the MPNet export directory")
+    parser.add_argument("--v11-samples", type=int, help="seeded subset of the 7,532 v1.1 dev questions")
+    parser.add_argument("--name", default="reference-pair")
+    parser.add_argument("--results-dir", default="bench/results")
+    args = parser.parse_args()
+
+    v11 = f"squad-v1.1-dev?exclude-articles={TRAIN_ARTICLES}" + (f"&samples={args.v11_samples}" if args.v11_samples else "")
+    sets = {"slice-heldout": f"{SLICE}?exclude-articles={TUNE}", "v1.1-dev-29": v11}
+    work = Path("models") / f"{args.name}-work"  # answer files: git-ignored
+    work.mkdir(parents=True, exist_ok=True)
+    rows = {"fast": run(Path(args.fast), "fast", sets, work), "accurate": run(Path(args.accurate), "accurate", sets, work)}
+    results = {**stamp(args.name, default_threads()), "sets": sets, "rows": rows}
+    lines = [f"# The fast and the accurate reference, {results['date']}", "", machine_line(results), "",
+             "serve-batch with each export's default CPU variant, one model after the other on the same questions; "
+             "EM/F1 from `qa-toolkit score` on the output files (slice: tuned threshold; v1.1: best span).", "",
+             "| model | variant | slice q/s | slice EM | slice F1 | HasAns F1 | no-answer AUC | no-answer ECE | "
+             "v1.1 q/s | v1.1 EM | v1.1 F1 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        s, v = r["slice-heldout"], r["v1.1-dev-29"]
+        lines.append(f"| {name} ({r['export']}) | {r['variant']} | {s['questions_per_second']:.1f} | {s['exact']:.2f} | "
+                     f"{s['f1']:.2f} | {s['HasAns_f1']:.2f} | {s['no_answer_auc']:.2f} | {s['no_answer_ece']:.3f} | "
+                     f"{v['questions_per_second']:.1f} | {v['exact']:.2f} | {v['f1']:.2f} |")
+    fast, accurate = rows["fast"]["slice-heldout"], rows["accurate"]["slice-heldout"]
+    lines += ["", f"Accurate vs fast: {accurate['f1'] - fast['f1']:+.2f} F1 on the slice, "
+              f"{fast['questions_per_second'] / accurate['questions_per_second']:.1f}x the cost per question."]
+    write_results(args.results_dir, results, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
