@@ -115,3 +115,31 @@ def test_accuracy_panel_shows_the_peers_that_ran():
                          "pipeline-ov-fp32": {"skipped": "needs the peers extra"}}}
     assert accuracy_bars(results) == (["torch", "onnx-int8", "peer: pipeline-ort"], [60.0, 59.0, 58.0],
                                       [70.0, 69.5, 68.0])
+
+
+def test_gpu_check_refuses_clearly_without_a_gpu_and_its_data_loads(tmp_path):
+    """bench/gpu_check.py runs on a GPU machine; here its refusal and its synthetic data are checked."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from toolkit import data
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: run bench/gpu_check.py itself")
+    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(tmp_path / "g")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "no CUDA GPU here" in done.stderr and not (tmp_path / "g").exists()
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", "bench/gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    synthetic_squad = gpu_check.synthetic_squad
+
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(synthetic_squad(20, 1)))
+    examples, _ = data.load_examples([str(path)], tmp_path, 42, None, "validation")
+    assert len(examples) == 50 and sum(e.is_impossible for e in examples) == 10
+    assert all(e.context[e.answer_starts[0]:].startswith(e.answer_texts[0]) for e in examples if not e.is_impossible)

@@ -75,7 +75,7 @@ def test_answers_lists_adapters_and_unknown_adapters(tokenizer):
     (json.dumps(ask(align_to_words=1)).encode(), 422, "parameter 'align_to_words' must be true or false, got integer"),
     (json.dumps(ask(max_seq_len=4096)).encode(), 422, "max_seq_len 4096 is over the 512 tokens"),
     (json.dumps(ask(max_seq_len=64, max_question_len=62)).encode(), 422, "leaves no room for the context"),
-    (json.dumps(ask(max_seq_len=64, doc_stride=60)).encode(), 422, "doc_stride 60"),
+    (json.dumps(ask(max_seq_len=64, doc_stride=60)).encode(), 422, "doc_stride (60) must be smaller"),
     (json.dumps(ask(max_question_len=1)).encode(), 422, "question too long: 2 tokens (at most 1;"),
     (json.dumps(ask(adapter=None, top_k=[1])).encode(), 422, "got array"),
     (json.dumps({"inputs": {"question": None, "context": "c"}}).encode(), 422, "must be a string, got null"),
@@ -401,3 +401,31 @@ def test_a_dead_batcher_turns_ready_false_and_fails_requests_at_once(tokenizer):
         refused = client.post("/", json=ask())
         assert refused.status_code == 503 and time.perf_counter() - started < 0.5
         assert client.get("/health").status_code == 200  # alive, not ready: the supervisor's call
+
+
+def test_top_k_after_a_no_answer_lists_the_best_span_too(tokenizer):
+    engine = Engine.single(NullWins(5), tokenizer, QAConfig(base_model="t", model_type="bert", max_question_tokens=8))
+    with TestClient(create_app(engine, ServerConfig())) as client:
+        listed = client.post("/", json=ask(top_k=2)).json()
+        assert listed[0]["answer"] == "" and listed[0]["no_answer"] and listed[1]["answer"] == "beta"
+
+
+def test_a_dead_batcher_fails_the_batch_it_was_answering_at_once(tokenizer):
+    """The loop dies while a request's batch runs: that request is failed at once (503), not left to its deadline."""
+    from toolkit.serving import Query
+    from toolkit.serving.batcher import Batcher, Unavailable
+
+    engine = Engine.single(Peak(5, delay=0.3), tokenizer, QAConfig(base_model="t", model_type="bert", max_question_tokens=8))
+
+    async def scenario():
+        batcher = Batcher(engine, BatcherConfig())
+        batcher.start()
+        future = batcher.submit([Query(0, "a", "q?", CONTEXT)])
+        await asyncio.sleep(0.1)  # its batch is running
+        died = asyncio.get_running_loop().create_future()  # what the loop's task holds when a bug ends it
+        died.set_exception(RuntimeError("a bug outside the engine call"))
+        batcher._died(died)
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(future, 0.05)
+
+    asyncio.run(scenario())

@@ -89,3 +89,20 @@ def test_engine_resolves_adapters_and_refuses_what_it_does_not_serve(two_adapter
         single.answer(["a?", "b?"], ["c"])
     with pytest.raises(EngineError, match="'third' is not among the adapters"):
         Engine(two_adapters.models, two_adapters.tokenizer, default="third")
+
+
+def test_answer_options_check_their_values_and_count_the_tokenizers_special_tokens():
+    from toolkit.options import AnswerOptions, OptionError
+
+    for bad, message in (({"top_k": 25}, "'top_k' must be at most 20"), ({"top_k": 0}, "'top_k' must be at least 1"),
+                         ({"top_k": "3"}, "'top_k' must be an integer, got string"),
+                         ({"align_to_words": 1}, "'align_to_words' must be true or false, got integer")):
+        with pytest.raises(OptionError, match=message):
+            AnswerOptions(**bad)
+    assert AnswerOptions().with_parameters({"top_k": None, "max_answer_len": 3}) == AnswerOptions(max_answer_len=3)
+    qa = QAConfig(base_model="t", model_type="mpnet")
+    # <s> q </s></s> c </s>: 4 special tokens leave 64 - 5 - 4 = 55 context tokens, so a stride of 55 is refused
+    options = AnswerOptions(max_seq_len=64, max_question_len=5, doc_stride=55)
+    assert options.features(qa, 512, special_tokens=3).doc_stride == 55
+    with pytest.raises(OptionError, match="4 special tokens = 55"):
+        options.features(qa, 512, special_tokens=4)

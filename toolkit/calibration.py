@@ -62,6 +62,9 @@ class Calibration:
     def from_dict(cls, values: dict) -> "Calibration":
         if values.get("method") != "platt":
             raise CalibrationError(f"unknown calibration method {values.get('method')!r} in qa_config.json")
+        if not values["no_answer"][0] > 0:
+            raise CalibrationError(f"the calibration's no-answer slope {values['no_answer'][0]} is not positive: "
+                                   "it would invert every decision; refit it with `qa-toolkit calibrate`")
         return cls(tuple(values["no_answer"]), tuple(values["answer"]), values["fitted_on"], int(values["questions"]),
                    float(values["ece_no_answer"]), float(values["ece_answer"]))
 

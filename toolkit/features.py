@@ -42,12 +42,14 @@ class Features:
         return out
 
 
-def check_config(cfg: FeatureConfig) -> None:
-    room = cfg.max_length - cfg.max_question_tokens - 3  # [CLS] q [SEP] c [SEP]
+def check_config(cfg: FeatureConfig, special_tokens: int = 3) -> None:
+    """special_tokens: what the tokenizer adds to a pair (3 for BERT's [CLS] q [SEP] c [SEP], 4 for MPNet's and
+    RoBERTa's <s> q </s></s> c </s>: tokenizer.num_special_tokens_to_add(pair=True))."""
+    room = cfg.max_length - cfg.max_question_tokens - special_tokens
     if room <= 0 or cfg.doc_stride >= room:
         raise ValueError(
             f"doc_stride ({cfg.doc_stride}) must be smaller than max_length ({cfg.max_length}) - "
-            f"max_question_tokens ({cfg.max_question_tokens}) - 3 = {room}")
+            f"max_question_tokens ({cfg.max_question_tokens}) - {special_tokens} special tokens = {room}")
 
 
 def question_lengths(tokenizer, questions: list[str]) -> list[int]:

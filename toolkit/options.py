@@ -25,8 +25,12 @@ MAX_TOP_K = 20  # the post-processor searches 20 start x 20 end tokens per windo
 HF_PARAMETERS = {"top_k": (int, 1), "max_answer_len": (int, 1), "handle_impossible_answer": (bool, None),
                  "doc_stride": (int, 1), "max_seq_len": (int, 16), "max_question_len": (int, 1),
                  "align_to_words": (bool, None)}
-JSON_TYPES = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-              dict: "object"}
+
+
+def json_type(value) -> str:
+    """A JSON value's type as JSON names it (null, not NoneType)."""
+    return {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(value), type(value).__name__)
 
 
 class OptionError(ValueError):
@@ -45,44 +49,49 @@ class AnswerOptions:
     align_to_words: bool = True
 
     def with_parameters(self, parameters: dict) -> "AnswerOptions":
-        """These options with HF parameters (a decoded JSON object) laid over them, each type-checked."""
+        """These options with HF parameters (a decoded JSON object) laid over them, each type-checked; JSON null
+        is the default, as the transformers pipeline reads None."""
         unknown = sorted(set(parameters) - set(HF_PARAMETERS))
         if unknown:
             raise OptionError(f"unknown parameter(s) {unknown}; known: {sorted(HF_PARAMETERS)}")
-        changes = {}
-        for name, value in parameters.items():
-            kind, low = HF_PARAMETERS[name]
+        try:
+            return dataclasses.replace(self, **{k: v for k, v in parameters.items() if v is not None})
+        except OptionError as e:
+            raise OptionError(f"parameter {e}") from None
+
+    def __post_init__(self):
+        for name, (kind, low) in HF_PARAMETERS.items():
+            value = getattr(self, name)
             if value is None:
-                continue  # JSON null: the default, as the transformers pipeline reads None
+                continue
             if kind is bool and not isinstance(value, bool) or kind is int and (
                     not isinstance(value, int) or isinstance(value, bool)):
-                raise OptionError(f"parameter '{name}' must be {'true or false' if kind is bool else 'an integer'}, "
-                                  f"got {JSON_TYPES.get(type(value), type(value).__name__)}")
+                raise OptionError(f"'{name}' must be {'true or false' if kind is bool else 'an integer'}, "
+                                  f"got {json_type(value)}")
             if low is not None and value < low:
-                raise OptionError(f"parameter '{name}' must be at least {low}, got {value}")
-            changes[name] = value
-        if changes.get("top_k", self.top_k) > MAX_TOP_K:
-            raise OptionError(f"parameter 'top_k' must be at most {MAX_TOP_K}, got {changes['top_k']}")
-        return dataclasses.replace(self, **changes)
+                raise OptionError(f"'{name}' must be at least {low}, got {value}")
+        if self.top_k > MAX_TOP_K:
+            raise OptionError(f"'top_k' must be at most {MAX_TOP_K}, got {self.top_k}")
 
-    def features(self, qa: QAConfig, max_positions: int) -> FeatureConfig:
-        """The windows these options ask for, on a model whose windows take at most max_positions tokens."""
+    def features(self, qa: QAConfig, max_positions: int, special_tokens: int = 3) -> FeatureConfig:
+        """The windows these options ask for, on a model whose windows take at most max_positions tokens, of
+        which special_tokens are the tokenizer's own."""
         max_length = self.max_seq_len or qa.max_length
         if max_length > max_positions:
             raise OptionError(f"max_seq_len {max_length} is over the {max_positions} tokens this model's "
                               "position embeddings take")
         question = self.max_question_len or qa.max_question_tokens
-        room = max_length - question - 3  # [CLS] question [SEP] context [SEP]
+        room = max_length - question - special_tokens
         if room <= 0:
             raise OptionError(f"max_seq_len {max_length} leaves no room for the context after max_question_len "
-                              f"{question} (+3 special tokens); lower max_question_len or raise max_seq_len")
+                              f"{question} (+{special_tokens} special tokens); lower max_question_len or raise max_seq_len")
         # The model's stride, lowered to half the room when a shorter window leaves less (as the pipeline does).
         stride = self.doc_stride or min(qa.doc_stride, room // 2)
         config = FeatureConfig(max_length, stride, question)
         try:
-            check_config(config)
+            check_config(config, special_tokens)
         except ValueError as e:
-            raise OptionError(f"doc_stride {stride}: {e}") from None
+            raise OptionError(str(e)) from None
         return config
 
     def decoding(self, qa: QAConfig, calibration) -> Decoding:

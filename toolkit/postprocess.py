@@ -30,7 +30,7 @@ class Decoding:
     max_answer_length: int = 30
     null_threshold: float = 0.0  # null score - span score above it: no answer (inf: never)
     top_k: int = 1
-    align_to_words: bool = True  # needs the windows' word indices; without them spans stay as tokens end
+    align_to_words: bool = True  # needs the windows' word indices (without them, spans keep their token bounds)
     calibration: Calibration | Uncalibrated = field(default_factory=Uncalibrated)
 
 
@@ -116,8 +116,9 @@ def answer_question(context: str, windows: Sequence[tuple], decoding: Decoding =
     """
     if not windows:
         raise ValueError("a question needs at least one window")
-    # More candidates than top_k: overlapping windows give the same span twice, and word alignment merges some.
-    wanted = decoding.top_k if decoding.top_k == 1 else 2 * decoding.top_k + 2
+    # With top_k > 1, every valid pair: overlapping windows give the same span twice, and word alignment can
+    # merge many pairs into one span.
+    wanted = 1 if decoding.top_k == 1 else decoding.n_best * decoding.n_best
     candidates = []  # (score, char start, char end, start confidence, end confidence)
     min_null = None
     for window in windows:

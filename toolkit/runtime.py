@@ -93,9 +93,9 @@ def machine_info(threads: int) -> dict:
             "cpu": cpu_name(), "physical_cores": psutil.cpu_count(logical=False), "logical_cores": psutil.cpu_count(),
             "memory_gb": round(psutil.virtual_memory().total / 2 ** 30, 1), "threads": threads,
             "native_bf16": native_bf16(), "int8_vnni": int8_vnni(), "cuda": cuda_available()}
-    if info["cuda"]:
-        import torch
+    import torch
 
+    if torch.cuda.is_available():  # a GPU torch can use, with or without ONNX Runtime's CUDA provider ("cuda")
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 from toolkit.calibration import from_config
 from toolkit.config import QAConfig
-from toolkit.features import FeatureConfig, Features, build_features
+from toolkit.features import FeatureConfig, Features, build_features, question_lengths
 from toolkit.inference.batching import BatchSettings, Stopwatch, feature_logits
 from toolkit.inference.predictors import EngineError, Predictor
-from toolkit.options import DEFAULT_OPTIONS, AnswerOptions
+from toolkit.options import DEFAULT_OPTIONS, AnswerOptions, OptionError
 from toolkit.postprocess import Answer, answer_all
 
 SINGLE = ""  # the name a single model is served under: requests cannot name it
@@ -87,7 +87,8 @@ class Engine:
 
     def feature_config(self, options: AnswerOptions, adapter: str | None = None) -> FeatureConfig:
         """The windows options ask for on this model; OptionError when the model cannot take them."""
-        return options.features(self.served(adapter).qa, self.max_positions)
+        return options.features(self.served(adapter).qa, self.max_positions,
+                                self.tokenizer.num_special_tokens_to_add(pair=True))
 
     def features(self, questions: list[str], contexts: list[str], adapter: str | None = None,
                  options: AnswerOptions = DEFAULT_OPTIONS) -> Features:
@@ -127,5 +128,9 @@ class Engine:
             return []
         watch = watch or Stopwatch()
         with watch("tokenise"):
-            features = self.features(questions, contexts, adapter, options)
+            windows = self.feature_config(options, adapter)
+            for i, n in enumerate(question_lengths(self.tokenizer, questions)):
+                if n > windows.max_question_tokens:
+                    raise OptionError(f"question {i} has {n} tokens, over max_question_len {windows.max_question_tokens}")
+            features = build_features(self.tokenizer, questions, contexts, windows)
         return self.run(contexts, features, adapter, watch, options)[0]

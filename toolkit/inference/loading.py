@@ -53,7 +53,7 @@ class EngineSpec:
 
 def load_engine(spec: EngineSpec) -> Engine:
     spec.check()
-    device = resolve_device(spec.device)
+    device = resolve_device(spec.device, onnxruntime=runs_on_onnxruntime(spec))
     settings = BatchSettings.for_device(device, spec.batch_size, spec.max_batch_tokens)
     if spec.adapters is not None:
         engine = _torch_adapters(spec, device, settings)
@@ -175,6 +175,16 @@ def _torch_model(spec: EngineSpec, model_dir: Path, device: str, settings: Batch
     _set_torch_threads(spec.threads)
     predictor = TorchPredictor(model, device, fp16=spec.variant == "fp16", bf16=spec.variant == "bf16")
     return Engine.single(predictor, tokenizer, qa, settings, source)
+
+
+def runs_on_onnxruntime(spec: EngineSpec) -> bool:
+    """Whether the engine spec describes will run on ONNX Runtime (CUDA there needs its CUDA provider)
+    rather than PyTorch (CUDA there needs a GPU torch can see): as _model_dir decides."""
+    if spec.adapters is not None or spec.engine == "torch":
+        return False
+    model_dir = Path(spec.model)
+    return spec.engine == "onnx" or (model_dir / ADAPTERS_FILE).exists() or any(
+        (model_dir / f).exists() for f in ONNX_FILES.values())
 
 
 def _model_dir(spec: EngineSpec, model_dir: Path, device: str, settings: BatchSettings) -> Engine:

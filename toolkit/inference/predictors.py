@@ -47,14 +47,18 @@ class SideBySide(Protocol):
         ...
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, onnxruntime: bool = True) -> str:
+    """cpu or cuda for --device auto/cpu/cuda. CUDA must really work for the engine that runs: a GPU torch can see,
+    and for ONNX Runtime also its CUDA provider (onnxruntime-gpu, the gpu extra)."""
+    import torch
+
     if device not in ("auto", "cpu", "cuda"):
         raise EngineError(f"--device must be auto, cpu or cuda, not '{device}'")
+    usable = cuda_available() if onnxruntime else torch.cuda.is_available()
     if device == "auto":
-        return "cuda" if cuda_available() else "cpu"
-    if device == "cuda" and not cuda_available():
+        return "cuda" if usable else "cpu"
+    if device == "cuda" and not usable:
         import onnxruntime as ort
-        import torch
 
         raise EngineError("--device cuda: no usable CUDA here (torch.cuda.is_available()="
                           f"{torch.cuda.is_available()}, onnxruntime providers={ort.get_available_providers()}); "

@@ -73,6 +73,7 @@ class Batcher:
         self.in_flight = 0  # questions of the engine call running now
         self.seconds_per_question: float | None = None  # measured over the latest engine calls
         self.running = False
+        self.current: list[Pending] = []  # the batch being answered
         self.returning: set = set()  # clients answered in the last batch, not yet back with their next question
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qa-inference")
         self.task: asyncio.Task | None = None
@@ -92,9 +93,11 @@ class Batcher:
             return
         error = task.exception()
         self.log.error("the batcher's loop died: %r; waiting requests fail with 503", error)
+        stranded = list(self.current)  # the batch it was answering, if any, and everything queued
         while not self.queue.empty():
-            pending = self.queue.get_nowait()
-            if not pending.future.done():
+            stranded.append(self.queue.get_nowait())
+        for pending in stranded:
+            if pending is not None and not pending.future.done():
                 pending.future.set_exception(Unavailable("the server's batcher stopped; retry on another replica"))
         self.waiting = 0
         self.on_death(error)
@@ -124,7 +127,8 @@ class Batcher:
         if self.waiting + len(queries) > self.cfg.max_queue:
             raise Overloaded(f"{self.waiting} questions are waiting (at most {self.cfg.max_queue})", drain)
         expected = self.expected_wait(len(queries))
-        if expected > deadline_s:
+        # Nothing ahead: admitted whatever the estimate, which is how a high one (a slow warm-up) comes down.
+        if expected > deadline_s and self.waiting + self.in_flight > 0:
             raise Overloaded(f"expected wait {expected:.2f} s is over the deadline of {deadline_s:g} s "
                              f"({self.waiting + self.in_flight} questions ahead at "
                              f"{1 / self.seconds_per_question:.0f} questions/s)", drain)
@@ -163,6 +167,7 @@ class Batcher:
         while True:
             batch = await self._gather()
             live = [p for p in batch if not p.future.done()]  # a caller that gave up is not answered
+            self.current = live
             if not live:
                 continue
             self.running = True
@@ -170,19 +175,23 @@ class Batcher:
             try:
                 try:
                     results = await loop.run_in_executor(self.executor, self._answer, live)
-                except Exception as e:  # noqa: BLE001 - handed to every caller of the batch
-                    results = [e] * len(live)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as e:  # noqa: BLE001 - handed to every caller of the batch; a tokenizer's
+                    results = [e] * len(live)  # Rust panic is a BaseException, and must not end the loop
                 self.returning |= {p.client for p in live if p.client is not None}
                 for pending, result in zip(live, results):
                     if pending.future.done():
                         continue
-                    if isinstance(result, Exception):
-                        pending.future.set_exception(result)
+                    if isinstance(result, BaseException):
+                        pending.future.set_exception(result if isinstance(result, Exception)
+                                                     else RuntimeError(f"the engine failed: {result!r}"))
                     else:
                         pending.future.set_result(result)
             finally:
                 self.running = False
                 self.in_flight = 0
+                self.current = []
 
     def _answer(self, group: list[Pending]) -> list[dict[int, Answer]]:
         """In the inference thread: every query of the group in one call, renumbered so lines are unique (the

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from toolkit.features import question_lengths, token_counts
 from toolkit.inference import Engine, EngineError, Stopwatch
-from toolkit.options import DEFAULT_OPTIONS, AnswerOptions, OptionError
+from toolkit.options import DEFAULT_OPTIONS, AnswerOptions, OptionError, json_type
 from toolkit.postprocess import Answer, Span
 
 MAX_CONTEXT_TOKENS = 4096  # SQuAD's longest context has ~850 tokens
@@ -36,12 +36,6 @@ class Query:
     def fail(self, kind: str, message: str) -> "Query":
         self.error = Problem(kind, message)
         return self
-
-
-def json_type(value) -> str:
-    """A JSON value's type as JSON names it (null, not NoneType)."""
-    return {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-            dict: "object"}.get(type(value), type(value).__name__)
 
 
 def query_from_record(record, line: int, defaults: AnswerOptions = DEFAULT_OPTIONS) -> Query:

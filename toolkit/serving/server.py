@@ -35,11 +35,11 @@ from toolkit.config import QAConfig
 from toolkit.inference import Engine, EngineError, EngineSpec
 from toolkit.inference.loading import default_variant
 from toolkit.inference.openvino import unusable_here
-from toolkit.options import DEFAULT_OPTIONS, OptionError
+from toolkit.options import DEFAULT_OPTIONS, OptionError, json_type
 from toolkit.postprocess import Answer
 from toolkit.serving.batcher import Batcher, BatcherConfig, Overloaded, Unavailable
 from toolkit.serving.metrics import ServerMetrics
-from toolkit.serving.requests import Query, answer_fields, json_type, query_from_record
+from toolkit.serving.requests import Query, answer_fields, finite, query_from_record, span_fields
 
 PAGE = Path(__file__).with_name("static") / "page.html"
 # Open without the API key: liveness and readiness (probes carry no credentials) and the page itself (it asks
@@ -76,7 +76,8 @@ def hf_answer(a: Answer, adapter: str | None) -> dict | list[dict]:
         fields["adapter"] = adapter
     if alternatives is None:
         return fields
-    return [fields, *({**alt, "no_answer": False} for alt in alternatives)]
+    spans = ([span_fields(a.best_span)] if a.no_answer and a.best_span else []) + alternatives
+    return [fields, *({**span, "no_answer": False} for span in spans)]
 
 
 def parse_body(raw: bytes, max_inputs: int, path_adapter: str | None) -> tuple[list[Query], bool]:
@@ -94,7 +95,7 @@ def parse_body(raw: bytes, max_inputs: int, path_adapter: str | None) -> tuple[l
     parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):
         raise RequestError(422, f"field 'parameters' must be an object, got {json_type(parameters)}")
-    adapter = parameters.get("adapter", path_adapter)
+    adapter = parameters.get("adapter") or path_adapter
     if adapter is not None and not isinstance(adapter, str):
         raise RequestError(422, f"parameter 'adapter' must be a string, got {json_type(adapter)}")
     try:
@@ -227,7 +228,7 @@ def create_app(engine: Engine, cfg: ServerConfig, log: logging.Logger | None = N
         return {"default": engine.default or None, "adapters": [
             {"name": name or None,
              "no_answer_threshold": from_config(served.qa.calibration).no_answer_probability(served.qa.null_threshold),
-             "null_score_threshold": served.qa.null_threshold,
+             "null_score_threshold": finite(served.qa.null_threshold),  # inf (never) is not JSON: null
              "threshold_tuned_on": served.qa.null_threshold_tuned_on, "calibrated": served.qa.calibration is not None,
              "variant": served.predictor.variant,
              "provider": served.predictor.provider} for name, served in engine.models.items()]}
@@ -401,6 +402,9 @@ def serve(spec: EngineSpec, cfg: ServerConfig, host: str = "127.0.0.1", port: in
     # uvicorn stops gracefully on SIGTERM, then raises the signal again for the handler it found: a SIGTERM
     # that ended a graceful stop is a normal exit (0), not a death by signal.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if not server.started:
+        raise EngineError("the server did not start (its warm-up failed); see the log above")
     if app.state.batcher_died:
         raise EngineError(f"stopped: the batcher died ({app.state.batcher_died}); see the log")

@@ -79,7 +79,7 @@ class RunData:
 
 def load_data(cfg: TrainConfig, tokenizer) -> RunData:
     """The training windows and the eval set; refuses SQuAD v1.1 dev and questions shared by both sets."""
-    check_config(cfg.features())
+    check_config(cfg.features(), tokenizer.num_special_tokens_to_add(pair=True))
     for spec in cfg.train_files:
         if data_mod.parse_spec(spec)[0] == "squad-v1.1-dev":
             raise TrainError("refusing to train on squad-v1.1-dev: its questions reappear in SQuAD 2.0 dev")
