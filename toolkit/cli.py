@@ -268,9 +268,13 @@ def serve_batch(input_path, output, chunk_size, max_line_bytes, max_context_toke
 
     if output is None:
         output = "-" if input_path == "-" else str(Path(input_path).with_suffix(".answers.jsonl"))
-    spec = engine_spec(**{k: flags[k] for k in ENGINE_FLAGS})
+    from toolkit.config import no_answer_threshold
+
+    spec = engine_spec(**{k: flags[k] for k in ENGINE_FLAGS if k != "no_answer_threshold"}, no_answer_threshold="tuned")
+    options = dataclasses.replace(answer_defaults(**{k: flags[k] for k in ANSWER_FLAGS}),
+                                  no_answer_threshold=no_answer_threshold(flags["no_answer_threshold"]))
     cfg = ServeConfig(chunk_size=chunk_size, max_line_bytes=max_line_bytes, max_context_tokens=max_context_tokens,
-                      resume=resume, options=answer_defaults(**{k: flags[k] for k in ANSWER_FLAGS}))
+                      resume=resume, options=options)
     ray = None if ray_address is None else RayConfig(
         address=ray_address, workers=workers, threads_per_worker=threads_per_worker,
         gpus_per_worker=1.0 if flags["device"] == "cuda" else 0.0)

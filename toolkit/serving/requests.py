@@ -13,14 +13,19 @@ from toolkit.postprocess import Answer, Span
 MAX_CONTEXT_TOKENS = 4096  # SQuAD's longest context has ~850 tokens
 
 
+PROBLEM_KINDS = ("invalid", "too_long", "unknown_adapter")
+
+
 @dataclass(frozen=True)
 class Problem:
     """Why a question is not answered: its kind decides the HTTP status, its message is shown as is."""
     kind: str  # one of PROBLEM_KINDS
     message: str
 
+    def __post_init__(self):
+        if self.kind not in PROBLEM_KINDS:
+            raise ValueError(f"unknown problem kind {self.kind!r}; known: {PROBLEM_KINDS}")
 
-PROBLEM_KINDS = ("invalid", "too_long", "unknown_adapter")
 
 
 @dataclass
