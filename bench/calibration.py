@@ -20,6 +20,7 @@ import numpy as np
 
 from toolkit import data, load
 from toolkit.bench.results import machine_line, stamp, write_results
+from toolkit.bench.sets import SLICE_HELDOUT, SLICE_TUNE, V11_DEV_29
 from toolkit.calibrating import CARD_SECTION, calibrate_model, write_card_section
 from toolkit.calibration import expected_calibration_error
 from toolkit.config import QAConfig
@@ -27,14 +28,7 @@ from toolkit.metrics import score_answer_file
 from toolkit.runtime import default_threads
 from toolkit.serving import serve_batch
 
-SLICE = "../shared/data/squad2-dev-slice.json"
-TUNE = "Huguenot,European_Union_law,Yuan_dynasty"
-TRAIN_ARTICLES = ("Southern_California,Sky_(United_Kingdom),Victoria_(Australia),Oxygen,Amazon_rainforest,Ctenophora,"
-                  "Fresno,_California,Black_Death,Geology,Pharmacy,Civil_disobedience,Construction,Private_school,"
-                  "Jacksonville,_Florida,Economic_inequality,University_of_Chicago,"
-                  "Intergovernmental_Panel_on_Climate_Change,Prime_number,Rhine")
-SETS = {"slice-heldout": f"{SLICE}?exclude-articles={TUNE}",
-        "v1.1-dev-29": f"squad-v1.1-dev?exclude-articles={TRAIN_ARTICLES}&samples=2000"}
+SETS = {"slice-heldout": SLICE_HELDOUT, "v1.1-dev-29": f"{V11_DEV_29}&samples=2000"}
 
 
 def answer_and_score(model_dir: Path, source: str, work: Path, tag: str, png: Path) -> dict:
@@ -65,7 +59,7 @@ def temperature_ece(rows: list[dict], examples) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", required=True, help="an adapter directory (fp32 PyTorch engine)")
-    parser.add_argument("--fit-on", default=f"{SLICE}?articles={TUNE}")
+    parser.add_argument("--fit-on", default=SLICE_TUNE)
     parser.add_argument("--name", required=True)
     parser.add_argument("--results-dir", default="bench/results")
     parser.add_argument("--write", action="store_true", help="store the fit in the adapter's qa_config.json")

@@ -13,16 +13,10 @@ from pathlib import Path
 
 from toolkit import data, load
 from toolkit.bench.results import machine_line, stamp, write_results
+from toolkit.bench.sets import SLICE_HELDOUT, V11_DEV_29
 from toolkit.metrics import score_answer_file
 from toolkit.runtime import default_threads
 from toolkit.serving import serve_batch
-
-SLICE = "../shared/data/squad2-dev-slice.json"
-TUNE = "Huguenot,European_Union_law,Yuan_dynasty"
-TRAIN_ARTICLES = ("Southern_California,Sky_(United_Kingdom),Victoria_(Australia),Oxygen,Amazon_rainforest,Ctenophora,"
-                  "Fresno,_California,Black_Death,Geology,Pharmacy,Civil_disobedience,Construction,Private_school,"
-                  "Jacksonville,_Florida,Economic_inequality,University_of_Chicago,"
-                  "Intergovernmental_Panel_on_Climate_Change,Prime_number,Rhine")
 
 
 def run(export: Path, name: str, sets: dict[str, str], work: Path) -> dict:
@@ -55,8 +49,8 @@ def main() -> None:
     parser.add_argument("--results-dir", default="bench/results")
     args = parser.parse_args()
 
-    v11 = f"squad-v1.1-dev?exclude-articles={TRAIN_ARTICLES}" + (f"&samples={args.v11_samples}" if args.v11_samples else "")
-    sets = {"slice-heldout": f"{SLICE}?exclude-articles={TUNE}", "v1.1-dev-29": v11}
+    v11 = V11_DEV_29 + (f"&samples={args.v11_samples}" if args.v11_samples else "")
+    sets = {"slice-heldout": SLICE_HELDOUT, "v1.1-dev-29": v11}
     work = Path("models") / f"{args.name}-work"  # answer files: git-ignored
     work.mkdir(parents=True, exist_ok=True)
     rows = {"fast": run(Path(args.fast), "fast", sets, work), "accurate": run(Path(args.accurate), "accurate", sets, work)}
