@@ -203,9 +203,9 @@ def calibration_report(rows: dict[str, dict], predictions: dict[str, str], refer
     report = {"calibrated": all(r.get("calibrated", False) for r in rows.values()), "questions": len(ids),
               "no_answer_ece": expected_calibration_error(p_none, unanswerable),
               "score_ece": expected_calibration_error(confidence, right),
-              "decisions_contradicting_probability": contradictions,
-              "no_answer_bins": reliability_bins(p_none, unanswerable), "score_bins": reliability_bins(confidence, right)}
-    if reliability_png:
+              "decisions_contradicting_probability": contradictions}
+    if reliability_png:  # the diagram and its bins
+        report.update(no_answer_bins=reliability_bins(p_none, unanswerable), score_bins=reliability_bins(confidence, right))
         plot_reliability(report, reliability_png)
         report["reliability_png"] = reliability_png
     return report

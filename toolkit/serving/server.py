@@ -77,7 +77,7 @@ def hf_answer(a: Answer, adapter: str | None) -> dict | list[dict]:
     if alternatives is None:
         return fields
     spans = ([span_fields(a.best_span)] if a.no_answer and a.best_span else []) + alternatives
-    return [fields, *({**span, "no_answer": False} for span in spans)]
+    return [fields, *({**span, "no_answer": False, **({"adapter": adapter} if adapter else {})} for span in spans)]
 
 
 def parse_body(raw: bytes, max_inputs: int, path_adapter: str | None) -> tuple[list[Query], bool]:
