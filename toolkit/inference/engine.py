@@ -5,11 +5,12 @@ batches by the chosen model's predictor, and post-processed into one answer per 
 """
 
 import dataclasses
+import threading
 from dataclasses import dataclass, field
 
 from toolkit.calibration import from_config
 from toolkit.config import QAConfig
-from toolkit.features import FeatureConfig, Features, build_features, question_lengths
+from toolkit.features import FeatureConfig, Features, build_features, question_lengths, token_counts
 from toolkit.inference.batching import BatchSettings, Stopwatch, feature_logits
 from toolkit.inference.predictors import EngineError, Predictor
 from toolkit.options import DEFAULT_OPTIONS, AnswerOptions, OptionError
@@ -38,6 +39,9 @@ class Engine:
             raise EngineError("an engine needs at least one model")
         self.models = models
         self.tokenizer = tokenizer
+        # A fast tokenizer switches its truncation settings per call (counting tokens vs windowing): two threads
+        # doing so at once get the Rust side's "Already borrowed". Every tokenizer call of the engine holds this.
+        self.tokenizing = threading.Lock()
         self.settings = settings or BatchSettings()
         self.default = next(iter(models)) if default is None else default
         if self.default not in models:
@@ -92,7 +96,17 @@ class Engine:
 
     def features(self, questions: list[str], contexts: list[str], adapter: str | None = None,
                  options: AnswerOptions = DEFAULT_OPTIONS) -> Features:
-        return build_features(self.tokenizer, questions, contexts, self.feature_config(options, adapter))
+        windows = self.feature_config(options, adapter)
+        with self.tokenizing:
+            return build_features(self.tokenizer, questions, contexts, windows)
+
+    def question_lengths(self, questions: list[str]) -> list[int]:
+        with self.tokenizing:
+            return question_lengths(self.tokenizer, questions)
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        with self.tokenizing:
+            return token_counts(self.tokenizer, texts)
 
     def run(self, contexts: list[str], features: Features, adapter: str | None = None,
             watch: Stopwatch | None = None, options: AnswerOptions = DEFAULT_OPTIONS):
@@ -128,9 +142,9 @@ class Engine:
             return []
         watch = watch or Stopwatch()
         with watch("tokenise"):
-            windows = self.feature_config(options, adapter)
-            for i, n in enumerate(question_lengths(self.tokenizer, questions)):
-                if n > windows.max_question_tokens:
-                    raise OptionError(f"question {i} has {n} tokens, over max_question_len {windows.max_question_tokens}")
-            features = build_features(self.tokenizer, questions, contexts, windows)
+            limit = self.feature_config(options, adapter).max_question_tokens
+            for i, n in enumerate(self.question_lengths(questions)):
+                if n > limit:
+                    raise OptionError(f"question {i} has {n} tokens, over max_question_len {limit}")
+            features = self.features(questions, contexts, adapter, options)
         return self.run(contexts, features, adapter, watch, options)[0]

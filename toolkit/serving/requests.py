@@ -5,7 +5,6 @@ online server from request bodies; both answer with answer_queries and the same 
 import json
 from dataclasses import dataclass, field
 
-from toolkit.features import question_lengths, token_counts
 from toolkit.inference import Engine, EngineError, Stopwatch
 from toolkit.options import DEFAULT_OPTIONS, AnswerOptions, OptionError, json_type
 from toolkit.postprocess import Answer, Span
@@ -95,11 +94,11 @@ def parse_line(raw: bytes, line: int, defaults: AnswerOptions = DEFAULT_OPTIONS)
 def check_sizes(engine: Engine, queries: list[Query], max_question_tokens: int, max_context_tokens: int) -> None:
     """Mark questions and contexts over their token limits as errors. A context of at most
     max_context_tokens UTF-8 bytes cannot have more tokens, so only longer ones are tokenised."""
-    for q, n in zip(queries, question_lengths(engine.tokenizer, [q.question for q in queries])):
+    for q, n in zip(queries, engine.question_lengths([q.question for q in queries])):
         if n > max_question_tokens:
             q.fail("too_long", f"question too long: {n} tokens (at most {max_question_tokens}; see max_question_len)")
     suspects = [q for q in queries if q.error is None and len(q.context.encode("utf-8")) > max_context_tokens]
-    for q, n in zip(suspects, token_counts(engine.tokenizer, [q.context for q in suspects])):
+    for q, n in zip(suspects, engine.token_counts([q.context for q in suspects])):
         if n > max_context_tokens:
             q.fail("too_long", f"context too long: {n} tokens (at most {max_context_tokens}; see --max-context-tokens)")
 
