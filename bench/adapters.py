@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from toolkit.bench.results import qa_command, stamp, write_results
+from toolkit.benchmarking.results import qa_command, stamp, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 QA = qa_command()

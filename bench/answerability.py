@@ -29,12 +29,12 @@ from sklearn.linear_model import LogisticRegression
 from transformers import DataCollatorWithPadding, TrainingArguments
 
 from toolkit import data, modeling
-from toolkit.bench.results import machine_line, qa_command, stamp, write_results
+from toolkit.benchmarking.results import machine_line, qa_command, stamp, write_results
 from toolkit.config import TrainConfig
 from toolkit.features import build_features
-from toolkit.inference.batching import batches, pad_batch
-from toolkit.metrics import best_null_threshold, no_answer_auc, squad_scores
+from toolkit.inference.padding import batches, pad_batch
 from toolkit.postprocess import Decoding, answer_all
+from toolkit.scoring import best_null_threshold, no_answer_auc, squad_scores
 from toolkit.training.run import build_model, load_data, save_model
 from toolkit.training.trainer import QATrainer, precision
 

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 from toolkit import data, load
-from toolkit.bench.results import machine_line, stamp, write_results
+from toolkit.benchmarking.results import machine_line, stamp, write_results
 from toolkit.inference import EngineSpec, Stopwatch
-from toolkit.inference.batching import batch_logits, padded_batches
-from toolkit.serving.batch import ServeConfig
-from toolkit.serving.server import server_variant
+from toolkit.inference.loading import server_variant
+from toolkit.inference.padding import batch_logits, padded_batches
+from toolkit.serving.answer_file import ServeConfig
 
 
 def padded_calls(engine, questions, contexts, calls: list[list[int]]) -> list[list[dict]]:

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import data, load
-from toolkit.bench.results import machine_line, stamp, write_results
-from toolkit.bench.sets import SLICE_HELDOUT, SLICE_TUNE, V11_DEV_29
+from toolkit.benchmarking.results import machine_line, stamp, write_results
+from toolkit.benchmarking.sets import SLICE_HELDOUT, SLICE_TUNE, V11_DEV_29
 from toolkit.calibrating import CARD_SECTION, calibrate_model, write_card_section
 from toolkit.calibration import expected_calibration_error
 from toolkit.config import QAConfig
-from toolkit.metrics import score_answer_file
 from toolkit.runtime import default_threads
+from toolkit.scoring import score_answer_file
 from toolkit.serving import serve_batch
 
 SETS = {"slice-heldout": SLICE_HELDOUT, "v1.1-dev-29": f"{V11_DEV_29}&samples=2000"}

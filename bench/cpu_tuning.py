@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import data
-from toolkit.bench.results import machine_line, stamp, write_results
+from toolkit.benchmarking.results import machine_line, stamp, write_results
 from toolkit.calibration import from_config
 from toolkit.config import QAConfig
 from toolkit.features import build_features
+from toolkit.inference import VARIANTS as REGISTRY
 from toolkit.inference import BatchSettings, Engine, OrtPredictor
-from toolkit.inference.batching import batches, pad_batch
-from toolkit.inference.loading import onnx_predictor
-from toolkit.inference.openvino import OPENVINO_VARIANTS, unusable_here
+from toolkit.inference.padding import batches, pad_batch
 from toolkit.modeling import load_tokenizer
 from toolkit.options import DEFAULT_OPTIONS
 from toolkit.postprocess import answer_all
@@ -47,7 +46,7 @@ def questions_per_second(engine: Engine, examples, features) -> float:
 
 
 def sweep(onnx_dir: Path, variant: str, tokenizer, qa, examples, features, threads: int) -> list[dict]:
-    predictor = onnx_predictor(onnx_dir, variant, "cpu", threads)
+    predictor = REGISTRY[variant].predictor(onnx_dir, "cpu", threads)
     engine = Engine.single(predictor, tokenizer, qa)
     rows = []
     for size in BATCHES:
@@ -64,7 +63,7 @@ def openvino_streams(onnx_dir: Path, variant: str, streams: int, threads: int, f
     """q/s with `streams` OpenVINO streams (throughput mode) and as many batches in flight (AsyncInferQueue)."""
     import openvino as ov
 
-    file, precision = OPENVINO_VARIANTS[variant]
+    file, precision = REGISTRY[variant].file, "bf16" if "bf16" in REGISTRY[variant].precision else "f32"
     hint = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(streams)} if streams > 1 else {"PERFORMANCE_HINT": "LATENCY"}
     compiled = ov.Core().compile_model(str(onnx_dir / file), "CPU", {**hint, "INFERENCE_NUM_THREADS": str(threads),
                                                                      "INFERENCE_PRECISION_HINT": precision})
@@ -118,7 +117,7 @@ def openvino_profile(onnx_dir: Path, variant: str, threads: int, features, pad_i
     """Milliseconds per executed layer type (its kernel in brackets) over the batches, from OpenVINO's counters."""
     import openvino as ov
 
-    file, precision = OPENVINO_VARIANTS[variant]
+    file, precision = REGISTRY[variant].file, "bf16" if "bf16" in REGISTRY[variant].precision else "f32"
     compiled = ov.Core().compile_model(str(onnx_dir / file), "CPU", {
         "PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": str(threads), "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": precision})
@@ -175,7 +174,7 @@ def main() -> None:
     qa, tokenizer = QAConfig.load(onnx_dir), load_tokenizer(str(onnx_dir))
     examples, _ = data.load_examples([HELD_OUT], data.default_cache_dir(), 42, args.samples, "validation")
     features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
-    variants = [v for v in VARIANTS if unusable_here(v) is None]
+    variants = [v for v in VARIANTS if REGISTRY[v].unusable() is None]
     pad = tokenizer.pad_token_id
     results = {**stamp(args.name, threads), "questions": len(examples), "windows": len(features), "threads": threads,
                "variants": variants, "sweep": [], "streams": [], "spinning": [], "profiles": {}}

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from toolkit.bench.results import machine_line, qa_command, stamp, write_results
+from toolkit.benchmarking.results import machine_line, qa_command, stamp, write_results
 
 VOCAB = Path(__file__).resolve().parents[1] / "models" / "minilm-squad2-lora" / "adapter" / "vocab.txt"
 NAMES = ["Maria Rossi", "Luigi Verdi", "Anna Bianchi", "Marco Neri", "Sofia Russo", "Paolo Gallo"]

@@ -15,17 +15,17 @@ import shutil
 from pathlib import Path
 
 from toolkit import data
-from toolkit.bench.inference import accuracy_pass
-from toolkit.bench.results import machine_line, stamp, write_results
+from toolkit.benchmarking.inference import accuracy_pass
+from toolkit.benchmarking.results import machine_line, stamp, write_results
 from toolkit.config import QAConfig
 from toolkit.exporting.common import calibration_windows
 from toolkit.exporting.variants import quantize_int8
 from toolkit.features import build_features
-from toolkit.inference import ONNX_FILES, OrtPredictor, TorchPredictor
+from toolkit.inference import VARIANTS, OrtPredictor, TorchPredictor
 from toolkit.inference.openvino import OpenVinoPredictor
-from toolkit.metrics import squad_scores
 from toolkit.modeling import load_for_inference, load_tokenizer
-from toolkit.runtime import default_threads, encoder_flops, machine_peaks, peak_for
+from toolkit.runtime import default_threads, encoder_flops, machine_peaks, peak_rate
+from toolkit.scoring import squad_scores
 
 
 def build(onnx_dir: Path, work: Path, calibration: list[dict], log) -> dict[str, Path]:
@@ -44,11 +44,11 @@ def build(onnx_dir: Path, work: Path, calibration: list[dict], log) -> dict[str,
 
     work.mkdir(parents=True, exist_ok=True)
     for f in onnx_dir.iterdir():
-        if f.is_file() and f.suffix != ".onnx" or f.name == ONNX_FILES["fp32"]:
+        if f.is_file() and f.suffix != ".onnx" or f.name == VARIANTS["fp32"].file:
             shutil.copy(f, work / f.name)
     ORTOptimizer.from_pretrained(work).optimize(OptimizationConfig(optimization_level=2, optimize_for_gpu=False),
                                                  save_dir=work)
-    plain, fused = work / ONNX_FILES["fp32"], work / ONNX_FILES["opt"]
+    plain, fused = work / VARIANTS["fp32"].file, work / VARIANTS["opt"].file
     files = {"onnx-fp32": plain, "onnx-fused-fp32": fused}
     float_default = {"DefaultTensorType": onnx.TensorProto.FLOAT, "WeightSymmetric": True}
     for name, source, per_channel, reduce_range in [("int8 plain, per tensor (shipped before)", plain, False, False),
@@ -139,13 +139,13 @@ def main() -> None:
     rows = []
     for name, r in accuracy.items():
         span = squad_scores(dict(zip((e.id for e in examples), r["spans"])), refs)
-        kind = ("int8-u8" if "U8U8" in name or "plain" in name else "int8") if "int8" in name else "fp32"
+        kind = VARIANTS[("int8-u8" if "U8U8" in name or "plain" in name else "int8") if "int8" in name else "fp32"].peak
         rows.append({"variant": name, "size_mb": sizes[name] / 2 ** 20, "questions_per_second": r["questions_per_second"],
                      "x_torch": r["questions_per_second"] / base["questions_per_second"],
                      "exact": r["exact"], "f1": r["f1"], "delta_exact": r["exact"] - base["exact"],
                      "delta_f1": r["f1"] - base["f1"], "best_span_delta_exact": span["exact"] - base_span["exact"],
                      "best_span_delta_f1": span["f1"] - base_span["f1"],
-                     "peak_fraction": flops / r["seconds"] / peak_for(kind, peaks), "peak": kind})
+                     "peak_fraction": flops / r["seconds"] / peak_rate(kind, peaks), "peak": kind})
         rows[-1]["passes_gate"] = min(rows[-1][k] for k in ("delta_exact", "delta_f1", "best_span_delta_exact",
                                                             "best_span_delta_f1")) >= -1.0
     results = {**stamp(args.name, threads), "eval_file": args.eval_file, "questions": len(examples),

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from recipes import EVAL, RECIPES, run, second_path, write_results
 
-from toolkit.bench.results import qa_command
-from toolkit.metrics import squad_scores
+from toolkit.benchmarking.results import qa_command
+from toolkit.scoring import squad_scores
 
 V11 = "squad-v1.1-train"
 LORA = RECIPES["LoRA r32/a64 all linear, lr 1e-3"]

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from toolkit.bench.results import qa_command, stamp, write_results
+from toolkit.benchmarking.results import qa_command, stamp, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 QA = qa_command()

@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from toolkit import data, load
-from toolkit.bench.results import qa_command, stamp
-from toolkit.bench.results import write_results as write_bench
-from toolkit.metrics import score_answer_file
+from toolkit.benchmarking.results import qa_command, stamp
+from toolkit.benchmarking.results import write_results as write_bench
 from toolkit.runtime import default_threads
+from toolkit.scoring import score_answer_file
 from toolkit.serving import serve_batch
 
 SLICE = "../shared/data/squad2-dev-slice.json"

@@ -12,10 +12,10 @@ import argparse
 from pathlib import Path
 
 from toolkit import data, load
-from toolkit.bench.results import machine_line, stamp, write_results
-from toolkit.bench.sets import SLICE_HELDOUT, V11_DEV_29
-from toolkit.metrics import score_answer_file
+from toolkit.benchmarking.results import machine_line, stamp, write_results
+from toolkit.benchmarking.sets import SLICE_HELDOUT, V11_DEV_29
 from toolkit.runtime import default_threads
+from toolkit.scoring import score_answer_file
 from toolkit.serving import serve_batch
 
 

@@ -29,9 +29,9 @@ import httpx
 import psutil
 
 from toolkit import data, load
-from toolkit.bench.results import machine_line, qa_command, stamp, write_results
+from toolkit.benchmarking.results import machine_line, qa_command, stamp, write_results
+from toolkit.inference.loading import server_variant
 from toolkit.serving import ServeConfig, serve_batch
-from toolkit.serving.server import server_variant
 
 NAIVE_APP = '''
 import os, threading

@@ -13,19 +13,18 @@ import json
 from pathlib import Path
 
 from toolkit import data, load
-from toolkit.bench.peers import PEERS, run_peer
-from toolkit.bench.results import machine_line, stamp, write_results
+from toolkit.benchmarking.peers import PEERS, run_peer
+from toolkit.benchmarking.results import machine_line, stamp, write_results
 from toolkit.config import QAConfig
 from toolkit.exporting.common import calibration_windows
-from toolkit.inference.loading import variant_file
-from toolkit.inference.openvino import unusable_here
-from toolkit.metrics import score_answer_file
+from toolkit.inference import VARIANTS
 from toolkit.modeling import load_tokenizer
 from toolkit.runtime import default_threads
+from toolkit.scoring import score_answer_file
 from toolkit.serving import serve_batch
 
-RUNS = [("onnx", "fp32"), ("onnx", "opt"), ("onnx", "int8"), ("onnx", "int8-u8"), ("onnx", "ov-bf16"), ("onnx", "ov-int8"),
-        ("onnx", "ov-int8-bf16"), ("torch", None)]  # OpenVINO variants that cannot run here as gated are left out
+RUNS = ["fp32", "opt", "int8", "int8-u8", "ov-bf16", "ov-int8", "ov-int8-bf16", "torch-fp32"]  # those that
+# cannot run here as gated are left out
 
 
 STAGES = ("read", "checks", "tokenise", "infer", "postprocess", "format", "write", "other")
@@ -48,10 +47,12 @@ def main() -> None:
     data.write_jsonl(examples, questions)
     references = data.references(examples)
     rows = []
-    for engine, variant in RUNS:
-        if unusable_here(variant or "") or not (engine == "torch" or (Path(args.export) / "onnx" / variant_file(variant)).exists()):
+    for variant in RUNS:
+        entry = VARIANTS[variant]
+        if entry.unusable() or entry.file and not (Path(args.export) / "onnx" / entry.file).exists():
             continue
-        model = Path(args.export) / ("onnx" if engine == "onnx" else "merged")
+        engine = "onnx" if entry.file else "torch"
+        model = Path(args.export) / ("onnx" if entry.file else "merged")
         qa_engine = load(model, engine=engine, device="cpu", variant=variant)
         served = qa_engine.served().predictor.variant
         answers = work / f"answers-{served}.jsonl"

@@ -20,8 +20,8 @@ from pathlib import Path
 from recipes import run, write_results
 
 from toolkit import data, load
-from toolkit.bench.results import qa_command
-from toolkit.metrics import score_answer_file
+from toolkit.benchmarking.results import qa_command
+from toolkit.scoring import score_answer_file
 from toolkit.serving import serve_batch
 
 SHARED = "../shared/data"

@@ -4,8 +4,8 @@ import pytest
 from click.testing import CliRunner
 
 from toolkit.cli import main
-from toolkit.metrics import score_answer_file
 from toolkit.runtime import cpu_flags, native_bf16
+from toolkit.scoring import score_answer_file
 
 
 def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, squad_file, tmp_path):
@@ -17,9 +17,9 @@ def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, squad_fil
     out = tmp_path / "t"
     results = json.loads((out / "results.json").read_text())
     bf16 = {"torch-bf16", "ov-bf16", "ov-int8-bf16"}  # run where bf16 is native, else skipped, saying why
-    assert set(results["variants"]) == {"torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int8-u8", "ov-int8",
+    assert set(results["variants"]) == {"torch-fp32", "fp32", "opt", "int8", "int8-u8", "ov-int8",
                                         *(bf16 if native_bf16() else ())}
-    assert results["skipped"] == sorted({"onnx-fp16", *(() if native_bf16() else bf16)}) and results["baseline"] == "torch"
+    assert results["skipped"] == sorted({"fp16", *(() if native_bf16() else bf16)}) and results["baseline"] == "torch-fp32"
     assert all("native bf16" in results["skipped_why"][v] for v in bf16 & set(results["skipped"]))
     assert results["matmul_flops_per_second"] > 1e8
     for _name, row in results["variants"].items():
@@ -28,12 +28,12 @@ def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, squad_fil
         assert 0 < cell["p50_ms"] <= cell["p95_ms"] and cell["achieved_flops"] > 0
         assert row["peak_memory"]["above_baseline_mb"] > 0 and row["size_mb"] > 0
         assert row["questions_per_second"] > 0 and {"exact", "f1", "HasAns_f1", "NoAns_f1"} <= set(row)
-    torch_ms = results["variants"]["torch"]["latency"]
+    torch_ms = results["variants"]["torch-fp32"]["latency"]
     for _name, row in results["variants"].items():  # each variant's speed-up: torch's mean latency over its own
         for cell, speedup in row["speedup_vs_baseline"].items():
             assert speedup == pytest.approx(torch_ms[cell]["mean_ms"] / row["latency"][cell]["mean_ms"])
-    assert results["variants"]["onnx-fp32"]["answer_agreement_vs_baseline"] == 100.0
-    assert results["variants"]["onnx-fp32"]["span_agreement_vs_baseline"] == 100.0
+    assert results["variants"]["fp32"]["answer_agreement_vs_baseline"] == 100.0
+    assert results["variants"]["fp32"]["span_agreement_vs_baseline"] == 100.0
     peers = results["peers"]
     assert set(peers) == {"pipeline-torch", "pipeline-ort", "pipeline-ov-fp32", "pipeline-ov-int8"}
     for kind, peer in peers.items():  # every peer runs or says why not (OpenVINO without the peers extra)
@@ -43,7 +43,7 @@ def test_bench_writes_json_markdown_and_plot(exported_bert, eval_file, squad_fil
     assert min(peaks["fp32_torch"], peaks["fp32_onnxruntime"], peaks["int8_u8s8_onnxruntime"],
                peaks["int8_u8u8_onnxruntime"], peaks["bf16_torch"]) > 1e8
     assert all(0 < row["eval_roofline_fraction"] < 1.5 for row in results["variants"].values())
-    assert "| onnx-int8 |" in (out / "results.md").read_text()
+    assert "| int8 |" in (out / "results.md").read_text()
     assert (out / "latency.png").stat().st_size > 0
 
 
@@ -108,12 +108,12 @@ def test_score_answer_file_hand_worked(tmp_path):
 def test_accuracy_panel_shows_the_peers_that_ran():
     """The latency figure's accuracy panel: every variant, and every peer that ran (results store them under
     "peers"; one that was skipped has no scores to show)."""
-    from toolkit.bench.report import accuracy_bars
+    from toolkit.benchmarking.report import accuracy_bars
 
-    results = {"variants": {"torch": {"exact": 60.0, "f1": 70.0}, "onnx-int8": {"exact": 59.0, "f1": 69.5}},
+    results = {"variants": {"torch-fp32": {"exact": 60.0, "f1": 70.0}, "int8": {"exact": 59.0, "f1": 69.5}},
                "peers": {"pipeline-ort": {"exact": 58.0, "f1": 68.0, "questions_per_second": 9.0},
                          "pipeline-ov-fp32": {"skipped": "needs the peers extra"}}}
-    assert accuracy_bars(results) == (["torch", "onnx-int8", "peer: pipeline-ort"], [60.0, 59.0, 58.0],
+    assert accuracy_bars(results) == (["torch-fp32", "int8", "peer: pipeline-ort"], [60.0, 59.0, 58.0],
                                       [70.0, 69.5, 68.0])
 
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from toolkit.cli import main
 from toolkit.config import QAConfig
 from toolkit.exporting import ExportConfig, ExportError, export, gate
-from toolkit.inference import ONNX_FILES, OrtPredictor
+from toolkit.inference import VARIANTS, OrtPredictor
 from toolkit.runtime import cpu_features, cpu_name, native_bf16
 
 
@@ -22,17 +22,17 @@ def test_export_merge_writes_every_cpu_variant_with_parity(exported_bert):
     onnx = exported_bert / "onnx"
     for name in ("fp32", "opt", "int8", "int8-u8"):
         v = manifest["variants"][name]
-        assert (onnx / ONNX_FILES[name]).exists() and v["size_bytes"] > 0
+        assert (onnx / VARIANTS[name].file).exists() and v["size_bytes"] > 0
         assert {"max_abs_logit_diff", "answer_agreement", "span_agreement", "delta_exact", "delta_f1",
                 "forced_delta_exact", "passed"} <= set(v)
-        OrtPredictor(onnx / ONNX_FILES[name])  # loads in ONNX Runtime on the CPU
+        OrtPredictor(onnx / VARIANTS[name].file)  # loads in ONNX Runtime on the CPU
     for name in ("fp32", "opt"):
         assert manifest["variants"][name]["max_abs_logit_diff"] < 1e-4
         assert manifest["variants"][name]["answer_agreement"] == manifest["variants"][name]["span_agreement"] == 100.0
     assert manifest["variants"]["int8"]["max_abs_logit_diff"] < 1.0
     assert manifest["variants"]["fp16"]["passed"] is False and "CUDA" in manifest["variants"]["fp16"]["reason"]
     for name, weights in (("int8", 3), ("int8-u8", 2)):  # onnx TensorProto INT8 = 3, UINT8 = 2
-        graph = onnx_lib.load(onnx / ONNX_FILES[name]).graph
+        graph = onnx_lib.load(onnx / VARIANTS[name].file).graph
         ops = {node.op_type for node in graph.node}
         assert {"QAttention", "MatMulInteger"} <= ops, ops
         assert "Attention" not in ops  # quantised from the fused graph: attention runs as an integer kernel

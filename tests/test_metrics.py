@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from toolkit.metrics import (
+from toolkit.scoring import (
     best_null_threshold,
     best_over_references,
     f1_score,
@@ -114,7 +114,7 @@ def test_platt_fit_recovers_the_slope_and_gives_low_ece_on_its_own_data():
 
 
 def test_score_reports_calibration_and_draws_the_reliability_diagram(tmp_path):
-    from toolkit.metrics import score_answer_file
+    from toolkit.scoring import score_answer_file
 
     refs = {"a": ["Paris"], "b": ["Rome"], "u": [""], "v": [""]}
     rows = [{"id": "a", "answer": "Paris", "best_span": "Paris", "score": 0.9, "no_answer": False,

@@ -13,8 +13,8 @@ from toolkit.cli import main
 from toolkit.config import QAConfig
 from toolkit.inference import EngineError, EngineSpec, load_engine
 from toolkit.inference import openvino as ov_mod
-from toolkit.inference.loading import default_variant
-from toolkit.serving.server import server_variant
+from toolkit.inference import variants as variants_mod
+from toolkit.inference.loading import default_variant, server_variant
 
 
 def serve(*args):
@@ -44,9 +44,9 @@ def test_openvino_fp32_answers_like_onnx_runtime_and_int8_serves(exported_bert, 
 def test_cpu_default_falls_back_to_a_gated_variant_where_bf16_is_not_native(monkeypatch):
     qa = QAConfig(base_model="b", model_type="bert", default_variant={"cpu": "ov-int8-bf16", "cuda": "fp16"},
                   cpu_ranking=["ov-int8-bf16", "ov-bf16", "int8", "fp32"])
-    monkeypatch.setattr(ov_mod, "native_bf16", lambda: True)
+    monkeypatch.setattr(variants_mod, "native_bf16", lambda: True)
     assert default_variant(qa, "cpu") == "ov-int8-bf16" and default_variant(qa, "cuda") == "fp16"
-    monkeypatch.setattr(ov_mod, "native_bf16", lambda: False)
+    monkeypatch.setattr(variants_mod, "native_bf16", lambda: False)
     assert default_variant(qa, "cpu") == "int8"  # the next gated variant, never an ungated one
     monkeypatch.setattr(ov_mod, "openvino_missing", lambda: "OpenVINO is not installed")
     assert default_variant(dataclasses.replace(qa, cpu_ranking=["ov-int8", "opt"]), "cpu") == "opt"
@@ -54,12 +54,11 @@ def test_cpu_default_falls_back_to_a_gated_variant_where_bf16_is_not_native(monk
 
 
 def test_bf16_is_refused_where_it_would_be_emulated(exported_bert, monkeypatch):
-    monkeypatch.setattr(ov_mod, "native_bf16", lambda: False)
+    monkeypatch.setattr(variants_mod, "native_bf16", lambda: False)
     with pytest.raises(EngineError, match="native bf16"):
         load_engine(EngineSpec(model=str(exported_bert / "onnx"), variant="ov-bf16", device="cpu"))
-    monkeypatch.setattr("toolkit.inference.loading.native_bf16", lambda: False)
     with pytest.raises(EngineError, match="native bf16"):
-        load_engine(EngineSpec(model=str(exported_bert / "merged"), engine="torch", variant="bf16", device="cpu"))
+        load_engine(EngineSpec(model=str(exported_bert / "merged"), engine="torch", variant="torch-bf16", device="cpu"))
     with pytest.raises(EngineError, match="unknown variant 'ov-int4'"):
         load_engine(EngineSpec(model=str(exported_bert / "onnx"), variant="ov-int4", device="cpu"))
 
@@ -75,12 +74,12 @@ def test_variant_missing_from_the_export_is_named(exported_bert, tmp_path):
 
 
 def test_torch_bf16_answers_close_to_fp32(exported_bert):
-    if not ov_mod.native_bf16():
+    if not variants_mod.native_bf16():
         pytest.skip("bf16 is emulated on this CPU: the torch engine refuses it (tested above)")
     lines = fixture_lines()
     q, c = [r["question"] for r in lines], [r["context"] for r in lines]
     fp32 = load_engine(EngineSpec(model=str(exported_bert / "merged"), engine="torch", device="cpu")).answer(q, c)
-    engine = load_engine(EngineSpec(model=str(exported_bert / "merged"), engine="torch", variant="bf16", device="cpu"))
+    engine = load_engine(EngineSpec(model=str(exported_bert / "merged"), engine="torch", variant="torch-bf16", device="cpu"))
     assert engine.served().predictor.variant == "torch-bf16"
     bf16 = engine.answer(q, c)
     assert max(abs(a.best_span.score - b.best_span.score) for a, b in zip(fp32, bf16) if a.start is not None) < 0.5
@@ -114,8 +113,8 @@ def test_openvino_answers_do_not_depend_on_the_batch(exported_bert):
 
 def test_batches_side_by_side_on_streams_give_the_logits_each_gets_alone(exported_bert):
     """Several batches at once run one per stream (one thread each); a lone batch on all threads: same logits."""
-    from toolkit.inference.batching import batches, bucketed, pad_batch
     from toolkit.inference.openvino import balanced
+    from toolkit.inference.padding import batches, bucketed, pad_batch
     from toolkit.inference.predictors import SideBySide
 
     lines = fixture_lines()

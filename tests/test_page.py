@@ -416,7 +416,7 @@ def test_the_real_server_behind_a_key_answers_the_page_with_the_right_highlight(
     from toolkit.config import QAConfig
     from toolkit.features import FeatureConfig, build_features
     from toolkit.inference import Engine
-    from toolkit.serving.server import ServerConfig, create_app
+    from toolkit.serving.app import ServerConfig, create_app
 
     context = HIGHLIGHT_CASES["emoji"][0]
     question = "Who opened it?"

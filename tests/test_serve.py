@@ -11,7 +11,7 @@ from toolkit import load
 from toolkit.cli import main
 from toolkit.config import QAConfig
 from toolkit.inference import BatchSettings, Engine
-from toolkit.inference.batching import batches, pad_batch
+from toolkit.inference.padding import batches, pad_batch
 from toolkit.serving import parse_line
 
 

@@ -20,9 +20,10 @@ from tests.fakes import NullWins, Peak, Spread, free_port, uvicorn_thread
 from toolkit import load
 from toolkit.config import QAConfig
 from toolkit.inference import Engine, Served
+from toolkit.inference.loading import server_variant
 from toolkit.options import AnswerOptions
+from toolkit.serving.app import ServerConfig, create_app
 from toolkit.serving.batcher import BatcherConfig
-from toolkit.serving.server import ServerConfig, create_app, server_variant
 
 CONTEXT = "alpha beta gamma delta"  # [CLS] q ? [SEP] alpha beta ...: token 5 = beta, 6 = gamma
 
@@ -323,7 +324,7 @@ def test_sigterm_finishes_what_is_in_flight_and_exits_0(exported_bert, tmp_path)
 def test_the_server_engine_does_not_spin_wait(exported_bert):
     """ONNX Runtime's threads spin between ops by default; the server shares their cores with its event loop."""
     from toolkit.inference import EngineSpec, load_engine
-    from toolkit.serving.server import server_spec
+    from toolkit.inference.loading import server_spec
 
     spec = server_spec(EngineSpec(model=str(exported_bert / "onnx")))
     session = load_engine(spec).served().predictor.session

@@ -12,7 +12,7 @@ from tests.conftest import fixture_lines
 from tests.fakes import free_port
 from toolkit import load
 from toolkit.inference import EngineSpec
-from toolkit.serving.server import ServerConfig, create_app
+from toolkit.serving.app import ServerConfig, create_app
 
 ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
 serve = pytest.importorskip("ray.serve", reason="the 'ray' extra is not installed")

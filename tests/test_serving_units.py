@@ -11,8 +11,8 @@ from tests.fakes import Peak
 from toolkit.config import QAConfig
 from toolkit.inference import SINGLE, Engine, EngineError, Served
 from toolkit.serving import Query, ServeError, Summary, answer_queries, query_from_record
-from toolkit.serving.batch import ServeConfig, read_chunks, read_lines
-from toolkit.serving.jobs import keep_whole_chunks
+from toolkit.serving.answer_file import ServeConfig, read_chunks, read_lines
+from toolkit.serving.partial_output import keep_whole_chunks
 
 
 def test_read_lines_skips_long_lines_in_pieces_and_keeps_line_ends_apart():

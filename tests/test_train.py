@@ -153,7 +153,7 @@ def test_trainer_eval_equals_the_engine_on_the_saved_weights(tiny_bert, files, t
     precision the engine serves in."""
     import toolkit
     from toolkit import data
-    from toolkit.metrics import position_metrics, squad_scores
+    from toolkit.scoring import position_metrics, squad_scores
 
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"eval_batch_size": 3, "group_by_length": True}))

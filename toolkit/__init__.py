@@ -55,7 +55,7 @@ def score(answers_path: str, references: str, best_span: bool = False) -> dict:
     """Official SQuAD EM/F1 (HasAns/NoAns, no-answer AUC) of a serve-batch output file against a source
     (a SQuAD file, squad-v1.1-dev, ...), as `qa-toolkit score` does."""
     from toolkit import data
-    from toolkit.metrics import score_answer_file
+    from toolkit.scoring import score_answer_file
 
     examples, _ = data.load_examples([references], data.default_cache_dir(), 42, None, "validation")
     return score_answer_file(answers_path, data.references(examples), best_span)

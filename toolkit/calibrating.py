@@ -9,8 +9,8 @@ from toolkit import data
 from toolkit.calibration import Calibration, fit
 from toolkit.config import QAConfig
 from toolkit.features import question_lengths
-from toolkit.metrics import best_null_threshold, best_over_references
 from toolkit.postprocess import Answer
+from toolkit.scoring import best_null_threshold, best_over_references
 
 
 def fit_answers(examples, answers: list[Answer], fitted_on: str) -> Calibration:
@@ -35,8 +35,10 @@ def calibrate_model(model_dir: str, eval_file: str, retune: bool = False) -> dic
     """Fit (and with retune, tune the threshold) on eval_file with the model's fp32 weights, then rewrite
     model_dir/qa_config.json with the fit. Returns what was stored and the fit's figures."""
     from toolkit.inference import EngineSpec, load_engine
+    from toolkit.inference.loading import runs_on_onnxruntime
 
-    engine = load_engine(EngineSpec(model=model_dir, variant="fp32"))
+    spec = EngineSpec(model=model_dir)
+    engine = load_engine(EngineSpec(model=model_dir, variant="fp32" if runs_on_onnxruntime(spec) else "torch-fp32"))
     examples, _ = data.load_examples([eval_file], data.default_cache_dir(), 42, None, "validation")
     if not any(e.is_impossible for e in examples):
         raise ValueError(f"{eval_file} holds no unanswerable question: the no-answer probability cannot be fitted")

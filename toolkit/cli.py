@@ -10,7 +10,8 @@ import click
 
 from toolkit.config import DEFAULT_MODEL, TrainConfig
 from toolkit.exporting import ExportError
-from toolkit.inference import EngineError
+from toolkit.inference import VARIANTS, EngineError
+from toolkit.inference.variants import EXPORTED, listing
 
 USER_ERRORS = (ValueError, FileNotFoundError, EngineError, ExportError)  # DataError, ModelError, ... are ValueErrors
 
@@ -38,10 +39,8 @@ ENGINE_OPTIONS = [
                  help="auto: ONNX when the directory holds ONNX files, torch otherwise."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                  help="auto picks CUDA only where it really works; cuda without CUDA is an error."),
-    click.option("--variant", help="Export: fp32, opt, int8, int8-u8, fp16 (ONNX Runtime), ov-fp32, ov-bf16, ov-int8, "
-                                   "ov-int8-bf16 (OpenVINO, CPU); torch: fp32, fp16 (CUDA), bf16 (CPU with native bf16). "
-                                   "Default: serve-batch, the export's fastest gated variant that runs here as gated; "
-                                   "serve, see its help."),
+    click.option("--variant", help=f"{listing(tuple(VARIANTS))}. Default: for an export, serve-batch runs its fastest "
+                                   "gated variant that runs here as gated (serve: see its help); torch-fp32 otherwise."),
     click.option("--batch-size", type=int, help="Most windows per forward pass. Default: 8 on CPU, 64 on CUDA."),
     click.option("--max-batch-tokens", type=int,
                  help="Most padded tokens per forward pass (bucketed by length). Default: 4096 on CPU, 32768 on CUDA."),
@@ -183,11 +182,10 @@ def train(config_file, resume, lora_targets, **flags):
                                  "qa_config.json per adapter (needs --output-dir).")
 @click.option("--default-adapter", help="With --adapters: the adapter for lines that name none. Default: the first.")
 @click.option("--output-dir", help="Export directory (merged/, onnx/, export_manifest.json). Default: <run>/export.")
-@click.option("--variants", default="fp32,opt,int8,int8-u8,fp16,ov-fp32,ov-bf16,ov-int8,ov-int8-bf16", show_default=True,
-              help="ONNX Runtime: fp32 (plain), opt (fused by its transformer optimizer), int8 and int8-u8 (the fused "
-                   "graph, dynamic int8 per channel, weights s8 or u8; CPU), fp16 (CUDA only). OpenVINO IR (CPU): "
-                   "ov-fp32, ov-bf16 (bf16 inference precision; CPUs with native bf16 only), ov-int8 and ov-int8-bf16 "
-                   "(NNCF static int8, the other operations in fp32 or bf16). Variants that cannot run here are skipped.")
+@click.option("--variants", default=",".join(EXPORTED), show_default=True,
+              help=f"Among {listing(EXPORTED)}. opt: fused by ONNX Runtime's transformer optimizer; int8, int8-u8: "
+                   "the fused graph, dynamic int8 per channel, weights s8 or u8; ov-*: OpenVINO IR, ov-int8*: NNCF "
+                   "static int8. Each is gated where it runs; those that cannot run here are skipped, saying why.")
 @click.option("--calibration-file", help="Training questions whose windows calibrate the static int8 variants "
                                          "(never the eval set). Default: the training run's first source.")
 @click.option("--calibration-samples", type=int, default=128, show_default=True, help="Calibration questions.")
@@ -264,7 +262,6 @@ def serve_batch(input_path, output, chunk_size, max_line_bytes, max_context_toke
     from dataclasses import asdict
 
     from toolkit.serving import ServeConfig, serve_job
-    from toolkit.serving.ray_batch import RayConfig
 
     if output is None:
         output = "-" if input_path == "-" else str(Path(input_path).with_suffix(".answers.jsonl"))
@@ -275,10 +272,14 @@ def serve_batch(input_path, output, chunk_size, max_line_bytes, max_context_toke
                                   no_answer_threshold=no_answer_threshold(flags["no_answer_threshold"]))
     cfg = ServeConfig(chunk_size=chunk_size, max_line_bytes=max_line_bytes, max_context_tokens=max_context_tokens,
                       resume=resume, options=options)
-    ray = None if ray_address is None else RayConfig(
-        address=ray_address, workers=workers, threads_per_worker=threads_per_worker,
-        gpus_per_worker=1.0 if flags["device"] == "cuda" else 0.0)
-    summary = asdict(serve_job(spec, input_path, output, cfg, ray, log=lambda m: click.echo(m, err=True)))
+    if ray_address is None:
+        summary = asdict(serve_job(spec, input_path, output, cfg, log=lambda m: click.echo(m, err=True)))
+    else:
+        from toolkit.serving.answer_file_ray import RayConfig, serve_batch_ray
+
+        summary = asdict(serve_batch_ray(spec, input_path, output, cfg, RayConfig(
+            address=ray_address, workers=workers, threads_per_worker=threads_per_worker,
+            gpus_per_worker=1.0 if flags["device"] == "cuda" else 0.0)))
     click.echo(json.dumps(summary), err=True)
     if summary_json:
         Path(summary_json).write_text(json.dumps(summary, indent=2) + "\n")
@@ -317,8 +318,8 @@ def serve(host, port, max_batch_questions, max_wait_ms, max_queue, request_timeo
     else the fastest gated variant that cannot (never dynamic int8; OpenVINO's pad each window on its own)."""
     import os
 
+    from toolkit.serving.app import ServerConfig
     from toolkit.serving.batcher import BatcherConfig
-    from toolkit.serving.server import ServerConfig
     from toolkit.serving.server import serve as run
 
     spec = engine_spec(**{k: flags[k] for k in ENGINE_FLAGS})
@@ -340,11 +341,10 @@ def serve(host, port, max_batch_questions, max_wait_ms, max_queue, request_timeo
 @main.command()
 @click.option("--model", help="Export directory (merged/ + onnx/) or its onnx/ dir; with --train: a base model.")
 @click.option("--eval-file", help="Questions to time and score (same forms as train). With --train: batch source.")
-@click.option("--variants", default="torch,torch-bf16,onnx-fp32,onnx-opt,onnx-int8,onnx-int8-u8,onnx-fp16,ov-bf16,ov-int8,"
-                                   "ov-int8-bf16", show_default=True,
-              help="Among torch, torch-fp16, torch-bf16, onnx-fp32, onnx-opt, onnx-int8, onnx-int8-u8, onnx-fp16, ov-fp32, "
-                   "ov-bf16, ov-int8, ov-int8-bf16 (those that cannot run here are skipped, saying why: GPU ones "
-                   "without CUDA, bf16 ones without native bf16).")
+@click.option("--variants", default="torch-fp32,torch-bf16,fp32,opt,int8,int8-u8,fp16,ov-bf16,ov-int8,ov-int8-bf16",
+              show_default=True,
+              help=f"Among {listing(tuple(VARIANTS))}; each runs where it is gated (its first device); those that "
+                   "cannot run here are skipped, saying why.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Latency batch sizes.")
 @click.option("--seq-lens", default="real,384", show_default=True,
               help="'real' pads each batch to its longest window; a number pads every batch to it.")
@@ -369,10 +369,10 @@ def serve(host, port, max_batch_questions, max_wait_ms, max_queue, request_timeo
 def bench(model, eval_file, variants, batch_sizes, seq_lens, eval_samples, latency_batches, threads, peers, calibration_file, name,
           results_dir, train_mode, train_modes, steps, batch_size):
     """Benchmark PyTorch against ONNX Runtime: latency, throughput, memory, size and EM/F1, side by side."""
-    from toolkit.bench.inference import BenchConfig, run_bench
+    from toolkit.benchmarking.inference import BenchConfig, run_bench
 
     if train_mode:
-        from toolkit.bench.training import TRAIN_MODES, TrainBenchConfig, run_train_bench
+        from toolkit.benchmarking.training import TRAIN_MODES, TrainBenchConfig, run_train_bench
 
         cfg = TrainBenchConfig(model=model or DEFAULT_MODEL, eval_file=eval_file or "squad-v1.1-train",
                                name=name if name != "latest" else "train-latest", results_dir=results_dir,
@@ -419,7 +419,7 @@ def to_jsonl(source, output, samples):
 def score(answers, references, best_span, examples, reliability):
     """Official SQuAD EM/F1 (HasAns/NoAns), no-answer AUC and the calibration (ECE) of a serve-batch output file."""
     from toolkit import data
-    from toolkit.metrics import sample_answers, score_answer_file
+    from toolkit.scoring import sample_answers, score_answer_file
 
     rows, _ = data.load_examples([references], data.default_cache_dir(), 42, None, "validation")
     for line in sample_answers(answers, rows, examples):

@@ -164,12 +164,9 @@ def machine_peaks(threads: int) -> dict:
             "bf16_native": native_bf16() or cuda_available(), "int8_vnni": int8_vnni()}
 
 
-def peak_for(variant: str, peaks: dict) -> float:
-    """The peak a variant's matmuls can reach: the integer kernel's rate for int8 (u8 weights for the
-    -u8 variants, s8 otherwise), bf16's for bf16 (int8 with bf16 elsewhere: int8's), the faster fp32 rate (torch or
-    ONNX Runtime) for the others."""
-    if "int8" in variant:
-        return peaks["int8_u8u8_onnxruntime" if variant.endswith("u8") else "int8_u8s8_onnxruntime"]
-    if "bf16" in variant:
-        return peaks["bf16_torch"]
-    return max(peaks["fp32_torch"], peaks.get("fp32_onnxruntime", 0.0))  # the faster of the two fp32 kernels
+def peak_rate(kind: str, peaks: dict) -> float:
+    """The matmul rate a computation is bounded by: a machine_peaks key (a variant's `peak`), or "fp32" for the
+    faster of torch's and ONNX Runtime's fp32 kernels."""
+    if kind == "fp32":
+        return max(peaks["fp32_torch"], peaks.get("fp32_onnxruntime", 0.0))
+    return peaks[kind]

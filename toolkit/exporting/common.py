@@ -11,7 +11,7 @@ import numpy as np
 from toolkit import data as data_mod
 from toolkit.config import QAConfig
 from toolkit.features import MODEL_INPUTS, build_features
-from toolkit.inference.batching import pad_batch
+from toolkit.inference.padding import pad_batch
 
 
 class ExportError(RuntimeError):

@@ -23,15 +23,11 @@ from toolkit.exporting.common import (
     size_bytes,
 )
 from toolkit.exporting.parity import describe, fastest, gate, parity, ranking, reference_run
-from toolkit.exporting.variants import build_openvino, build_variants
+from toolkit.exporting.variants import build_files, buildable
 from toolkit.features import build_features
-from toolkit.inference import ONNX_FILES, BatchSettings, Engine, TorchPredictor
-from toolkit.inference.loading import onnx_predictor, variant_file, variant_settings
-from toolkit.inference.openvino import OPENVINO_VARIANTS
+from toolkit.inference import VARIANTS, BatchSettings, Engine, TorchPredictor
+from toolkit.inference.variants import EXPORTED, cpu_candidates, cuda_default
 from toolkit.runtime import cpu_features, cpu_name
-
-CPU_CANDIDATES = ("fp32", "opt", "int8", "int8-u8", *OPENVINO_VARIANTS)
-CUDA_PREFERENCE = ("fp16", "opt", "fp32")
 
 
 @dataclass
@@ -40,8 +36,7 @@ class ExportConfig:
     model: str | None = None  # without merge: a merged/full model directory or hub name
     output_dir: str | None = None  # default: <run>/export beside the adapter
     merge: bool = True
-    variants: list[str] = field(default_factory=lambda: ["fp32", "opt", "int8", "int8-u8", "fp16", "ov-fp32", "ov-bf16", "ov-int8",
-                                                         "ov-int8-bf16"])
+    variants: list[str] = field(default_factory=lambda: list(EXPORTED))
     optimization_level: int = 2  # O2 fuses attention/LayerNorm/GELU exactly; O3 approximates GELU
     eval_file: str | None = None  # parity set; default: the eval set of the training run
     eval_samples: int | None = 2000
@@ -55,9 +50,8 @@ class ExportConfig:
 
     def check(self) -> Path:
         """The output directory, once every setting is known to be usable."""
-        known = [*ONNX_FILES, *OPENVINO_VARIANTS]
-        if set(self.variants) - set(known) or "fp32" not in self.variants:
-            raise ExportError(f"variants must include fp32 and come from {known}; got {self.variants}")
+        if set(self.variants) - set(EXPORTED) or "fp32" not in self.variants:
+            raise ExportError(f"variants must include fp32 and come from {', '.join(EXPORTED)}; got {self.variants}")
         if self.merge:
             if not self.adapter:
                 raise ExportError("--merge needs --adapter DIR (a training run's adapter directory)")
@@ -118,13 +112,16 @@ def to_onnx(model, tokenizer, cfg: ExportConfig, onnx_dir: Path, calibration, lo
     log("exporting to ONNX (optimum, task question-answering, dynamic batch/sequence axes)")
     onnx_export_from_model(model, onnx_dir, task="question-answering", do_validation=False)
     tokenizer.save_pretrained(onnx_dir)
-    return {**build_variants(cfg.variants, onnx_dir, cfg.optimization_level, log),
-            **build_openvino(cfg.variants, onnx_dir, calibration, log)}
+    wanted, skipped = buildable(cfg.variants)
+    for name, reason in skipped.items():
+        log(f"{name} skipped: {reason}")
+    build_files(wanted, onnx_dir, cfg.optimization_level, calibration, log)
+    return skipped
 
 
 def calibration(cfg: ExportConfig, train_manifest: dict, tokenizer, qa) -> list:
     """Training windows for the static int8 variants: --calibration-file, else the run's first training source."""
-    if not any(v.startswith("ov-int8") for v in cfg.variants):
+    if not any(VARIANTS[v].build == "openvino-int8" for v in cfg.variants):
         return []
     spec = cfg.calibration_file or (train_manifest.get("config", {}).get("train_files") or ["squad-v1.1-train"])[0]
     return calibration_windows(tokenizer, qa, spec, cfg.calibration_samples, cfg.seed)
@@ -138,11 +135,12 @@ def check_variants(cfg: ExportConfig, onnx_dir: Path, skipped: dict, reference: 
         if name in skipped:
             variants[name] = {"file": None, "passed": False, "reason": skipped[name]}
             continue
-        device = "cuda" if name == "fp16" else "cpu"  # the variant batched as it will serve
-        predictor = onnx_predictor(onnx_dir, name, device, None)
-        result = parity(reference, Engine.single(predictor, tokenizer, qa, variant_settings(name, device)),
+        variant = VARIANTS[name]
+        device = variant.devices[0]  # the variant batched as it will serve
+        predictor = variant.predictor(onnx_dir, device)
+        result = parity(reference, Engine.single(predictor, tokenizer, qa, variant.batch_settings(device)),
                         examples, features)
-        file = variant_file(name)
+        file = variant.file
         result.update(file=file, size_bytes=size_bytes(onnx_dir / file), provider=predictor.provider)
         reason = gate(result, cfg.max_drop)
         result["passed"] = reason is None
@@ -178,9 +176,9 @@ def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
         skipped = to_onnx(model, tokenizer, cfg, onnx_dir, calibration(cfg, train_manifest, tokenizer, qa), log)
         manifest["onnx_build_seconds"] = time.perf_counter() - built
         variants = check_variants(cfg, onnx_dir, skipped, reference, tokenizer, qa, examples, features, log)
-        qa.default_variant = {"cpu": fastest(variants, CPU_CANDIDATES),
-                              "cuda": next(v for v in CUDA_PREFERENCE if variants.get(v, {}).get("passed"))}
-        qa.cpu_ranking = ranking(variants, CPU_CANDIDATES)
+        passed = [name for name, result in variants.items() if result["passed"]]
+        qa.default_variant = {"cpu": fastest(variants, cpu_candidates()), "cuda": cuda_default(passed)}
+        qa.cpu_ranking = ranking(variants, cpu_candidates())
         qa.measured_on = {"cpu": cpu_name(), "features": cpu_features()}
         qa.save(onnx_dir)
         manifest.update(variants=variants, default_variant=qa.default_variant, cpu_ranking=qa.cpu_ranking,

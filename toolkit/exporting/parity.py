@@ -6,7 +6,7 @@ import time
 from toolkit import data as data_mod
 from toolkit.exporting.common import max_diff
 from toolkit.inference import Engine
-from toolkit.metrics import squad_scores
+from toolkit.scoring import squad_scores
 
 
 def reference_run(engine: Engine, examples, features) -> dict:

@@ -1,13 +1,10 @@
-"""The variants built from the plain export: fused by ONNX Runtime's transformer optimizer, int8 of the fused
-graph (weights s8 or u8), fp16 for CUDA; OpenVINO IR (fp32 weights) and NNCF's static int8 of it."""
+"""How export builds each variant's file (variants.VARIANTS names the build): Optimum's plain ONNX graph, fused by
+ONNX Runtime's transformer optimizer, dynamic int8 of the fused graph (weights s8 or u8), fp16 for CUDA; OpenVINO
+IR (fp32 weights) and NNCF's static int8 of it. A file several variants share is built once."""
 
 from pathlib import Path
 
-from toolkit.inference import ONNX_FILES
-from toolkit.inference.openvino import OPENVINO_VARIANTS, unusable_here
-from toolkit.runtime import cuda_available
-
-INT8_VARIANTS = ("int8", "int8-u8")
+from toolkit.inference.variants import VARIANTS
 
 
 def quantize_int8(source: Path, target: Path, signed_weights: bool) -> None:
@@ -24,61 +21,62 @@ def quantize_int8(source: Path, target: Path, signed_weights: bool) -> None:
                                     "DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def build_variants(wanted: list[str], onnx_dir: Path, optimization_level: int, log) -> dict[str, str]:
-    """Write the wanted ONNX variants beside model.onnx; returns variant -> reason for those skipped.
+def buildable(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the wanted variants that can be built and gated here, variant -> why not for the others)."""
+    skipped = {name: reason for name in wanted if (reason := VARIANTS[name].unusable())}
+    return [name for name in wanted if name not in skipped], skipped
 
-    ONNX Runtime's guidance, measured here too: fuse first (its transformer optimizer: Attention,
-    SkipLayerNormalization, BiasGelu, EmbedLayerNormalization), then quantise the fused graph per channel."""
+
+def build_files(wanted: list[str], onnx_dir: Path, optimization_level: int, calibration, log) -> None:
+    """Write the files of the wanted variants beside model.onnx (already written by Optimum), in BUILD_ORDER.
+
+    ONNX Runtime's guidance, measured here too: fuse first (Attention, SkipLayerNormalization, BiasGelu,
+    EmbedLayerNormalization), then quantise the fused graph per channel; the fused graph is removed again when
+    only its int8 children were wanted."""
+    kinds = {VARIANTS[name].build for name in wanted}
+    fused = onnx_dir / VARIANTS["opt"].file
+    if kinds & {"fuse", "quantize-s8", "quantize-u8"}:
+        log(f"fusing (ONNX Runtime transformer optimizer, level O{optimization_level})")
+        _optimize(onnx_dir, optimization_level, gpu=False)
+    for kind, signed in (("quantize-s8", True), ("quantize-u8", False)):
+        if kind in kinds:
+            log(f"quantising the fused graph: dynamic int8, per channel, {'U8S8' if signed else 'U8U8'}")
+            quantize_int8(fused, onnx_dir / _file_of(kind), signed_weights=signed)
+    if "fuse" not in kinds and fused.exists():
+        fused.unlink()
+    if "fp16" in kinds:
+        log("converting to fp16 for CUDA")
+        _optimize(onnx_dir, optimization_level, gpu=True)
+    if kinds & {"openvino-ir", "openvino-int8"}:
+        build_openvino(kinds, onnx_dir, calibration, log)
+    (onnx_dir / "ort_config.json").unlink(missing_ok=True)  # Optimum's record; ours is export_manifest.json
+
+
+def _file_of(kind: str) -> str:
+    return next(v.file for v in VARIANTS.values() if v.build == kind)
+
+
+def _optimize(onnx_dir: Path, optimization_level: int, gpu: bool) -> None:
     from optimum.onnxruntime import OptimizationConfig, ORTOptimizer
 
-    skipped = {}
-    int8 = [v for v in INT8_VARIANTS if v in wanted]
-    if "opt" in wanted or int8:
-        log(f"fusing (ONNX Runtime transformer optimizer, level O{optimization_level})")
-        ORTOptimizer.from_pretrained(onnx_dir).optimize(
-            OptimizationConfig(optimization_level=optimization_level, optimize_for_gpu=False), save_dir=onnx_dir)
-    for name in int8:
-        log(f"quantising the fused graph: dynamic int8, per channel, {'U8S8' if name == 'int8' else 'U8U8'}")
-        quantize_int8(onnx_dir / ONNX_FILES["opt"], onnx_dir / ONNX_FILES[name], signed_weights=name == "int8")
-    if int8 and "opt" not in wanted:
-        (onnx_dir / ONNX_FILES["opt"]).unlink()
-    if "fp16" in wanted:
-        if cuda_available():
-            log("converting to fp16 for CUDA")
-            ORTOptimizer.from_pretrained(onnx_dir).optimize(
-                OptimizationConfig(optimization_level=optimization_level, optimize_for_gpu=True, fp16=True),
-                save_dir=onnx_dir, file_suffix="fp16")
-        else:
-            skipped["fp16"] = "needs a CUDA GPU (none usable here); export again on a GPU machine for fp16"
-            log(f"fp16 skipped: {skipped['fp16']}")
-    (onnx_dir / "ort_config.json").unlink(missing_ok=True)  # Optimum's record; ours is export_manifest.json
-    return skipped
+    config = OptimizationConfig(optimization_level=optimization_level, optimize_for_gpu=gpu, fp16=gpu)
+    ORTOptimizer.from_pretrained(onnx_dir).optimize(config, save_dir=onnx_dir, file_suffix="fp16" if gpu else "optimized")
 
 
-def build_openvino(wanted: list[str], onnx_dir: Path, calibration, log) -> dict[str, str]:
-    """The OpenVINO IR files the wanted ov-* variants run on, beside model.onnx: the plain graph (fp32 weights)
-    and NNCF's int8 of it (transformer preset, calibrated on training windows); returns variant -> reason for
-    those skipped (OpenVINO missing, or bf16 inference on a CPU that would emulate it)."""
-    wanted = [v for v in wanted if v in OPENVINO_VARIANTS]
-    skipped = {v: reason for v in wanted if (reason := unusable_here(v))}
-    files = {OPENVINO_VARIANTS[v][0] for v in wanted if v not in skipped}
-    for name, reason in skipped.items():
-        log(f"{name} skipped: {reason}")
-    if not files:
-        return skipped
+def build_openvino(kinds: set[str], onnx_dir: Path, calibration, log) -> None:
+    """The OpenVINO IR files: the plain graph (fp32 weights) and NNCF's int8 of it (transformer preset,
+    calibrated on training windows)."""
     import openvino as ov
 
-    model = ov.convert_model(str(onnx_dir / ONNX_FILES["fp32"]))
-    plain, int8 = OPENVINO_VARIANTS["ov-fp32"][0], OPENVINO_VARIANTS["ov-int8"][0]
-    if plain in files:
+    model = ov.convert_model(str(onnx_dir / _file_of("onnx")))
+    if "openvino-ir" in kinds:
         log("converting to OpenVINO IR (fp32 weights)")
-        ov.save_model(model, str(onnx_dir / plain), compress_to_fp16=False)
-    if int8 in files:
+        ov.save_model(model, str(onnx_dir / _file_of("openvino-ir")), compress_to_fp16=False)
+    if "openvino-int8" in kinds:
         import nncf
 
         log(f"quantising for OpenVINO: NNCF static int8, transformer preset, {len(calibration)} training windows")
         names = [i.get_any_name() for i in model.inputs]
         quantized = nncf.quantize(model, nncf.Dataset(calibration, lambda window: {k: window[k] for k in names}),
                                   model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
-        ov.save_model(quantized, str(onnx_dir / int8), compress_to_fp16=False)
-    return skipped
+        ov.save_model(quantized, str(onnx_dir / _file_of("openvino-int8")), compress_to_fp16=False)

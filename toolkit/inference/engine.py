@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from toolkit.calibration import from_config
 from toolkit.config import QAConfig
 from toolkit.features import FeatureConfig, Features, build_features, question_lengths, token_counts
-from toolkit.inference.batching import BatchSettings, Stopwatch, feature_logits
+from toolkit.inference.padding import BatchSettings, Stopwatch, feature_logits
 from toolkit.inference.predictors import EngineError, Predictor
 from toolkit.options import DEFAULT_OPTIONS, AnswerOptions, OptionError
 from toolkit.postprocess import Answer, answer_all

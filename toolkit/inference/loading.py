@@ -2,24 +2,23 @@
 --adapters` directory (several adapters on one ONNX base graph), an adapter or merged model directory
 (PyTorch), or several adapter directories on one PyTorch base."""
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.config import QAConfig
-from toolkit.inference.batching import BatchSettings
 from toolkit.inference.engine import Engine, Served
-from toolkit.inference.openvino import OPENVINO_VARIANTS, OpenVinoPredictor, unusable_here
+from toolkit.inference.padding import BatchSettings
 from toolkit.inference.predictors import (
     ADAPTERS_FILE,
     LORA_GRAPH,
-    ONNX_FILES,
     EngineError,
     OrtPredictor,
     TorchPredictor,
     resolve_device,
 )
-from toolkit.runtime import default_threads, native_bf16
+from toolkit.inference.variants import EXPORTED, TORCH_VARIANTS, VARIANTS, export_files, variant
 
 
 @dataclass
@@ -29,7 +28,7 @@ class EngineSpec:
     adapters: dict[str, str] | None = None  # instead of model: name -> adapter directory, one PyTorch base
     engine: str = "auto"  # auto: ONNX where the directory holds ONNX files, torch otherwise
     device: str = "auto"  # auto, cpu or cuda
-    variant: str | None = None  # exported variant (ONNX Runtime or ov-*) or torch fp32/fp16/bf16; None: the export's choice
+    variant: str | None = None  # a variants.VARIANTS name; None: the export's choice, or torch-fp32
     default_adapter: str | None = None  # the adapter for requests naming none; None: the first
     batch_size: int | None = None  # None: the device's default
     max_batch_tokens: int | None = None
@@ -42,7 +41,7 @@ class EngineSpec:
             raise EngineError("pass either --model DIR or --adapters name=DIR,... (not both, not neither)")
         if self.engine not in ("auto", "onnx", "torch"):
             raise EngineError(f"--engine must be auto, onnx or torch, not '{self.engine}'")
-        if self.adapters is not None and (self.engine == "onnx" or self.variant not in (None, "fp32")):
+        if self.adapters is not None and (self.engine == "onnx" or self.variant not in (None, "torch-fp32")):
             raise EngineError("adapter directories run on the torch engine in fp32; for ONNX, serve an "
                               "`export --adapters` directory as the model")
         for name in ("batch_size", "max_batch_tokens", "threads"):
@@ -115,66 +114,38 @@ def default_variant(qa: QAConfig, device: str) -> str:
     if device == "cuda":
         return qa.default_variant.get("cuda") or "fp32"
     ranked = qa.cpu_ranking or [qa.default_variant.get("cpu") or "fp32"]
-    return next((v for v in ranked if unusable_here(v) is None), "fp32")
+    return next((v for v in ranked if v in VARIANTS and VARIANTS[v].unusable("cpu") is None), "fp32")
 
 
-def variant_file(variant: str) -> str:
-    """The file an exported variant runs from, in the export's onnx/ directory."""
-    return OPENVINO_VARIANTS[variant][0] if variant in OPENVINO_VARIANTS else ONNX_FILES[variant]
-
-
-def variant_settings(variant: str, device: str, batch_size: int | None = None,
-                     max_batch_tokens: int | None = None) -> BatchSettings:
-    """How a variant batches, as measured per engine: OpenVINO's own defaults for ov-*, the device's otherwise."""
-    if variant in OPENVINO_VARIANTS:
-        return BatchSettings.for_openvino(batch_size, max_batch_tokens)
-    return BatchSettings.for_device(device, batch_size, max_batch_tokens)
-
-
-def onnx_predictor(model_dir: Path, variant: str, device: str, threads: int | None, spinning: bool = True):
-    """The predictor of one exported variant: an ONNX Runtime session, or OpenVINO for the ov-* variants."""
-    if variant in OPENVINO_VARIANTS:
-        if device == "cuda":
-            raise EngineError(f"the {variant} variant runs on the CPU (OpenVINO); use fp16 or fp32 on CUDA")
-        reason = unusable_here(variant)
-        if reason:
-            raise EngineError(reason)
-        file, precision = OPENVINO_VARIANTS[variant]
-        if not (model_dir / file).exists():
-            raise EngineError(f"{model_dir} has no {file} for {variant}: export it with "
-                              f"`qa-toolkit export --variants fp32,{variant}`")
-        return OpenVinoPredictor(model_dir / file, threads or default_threads(), variant, precision)
-    if variant not in ONNX_FILES:
-        raise EngineError(f"unknown variant '{variant}'; choose from {[*ONNX_FILES, *OPENVINO_VARIANTS]}")
-    if variant.startswith("int8") and device == "cuda":
-        raise EngineError(f"the {variant} variant runs on the CPU provider only; use fp16 or fp32 on CUDA")
-    return OrtPredictor(model_dir / ONNX_FILES[variant], device, threads, variant, spinning)
+def batch_invariant_variant(model_dir: Path, device: str) -> str:
+    """The export's default for device when a window's answer cannot depend on its batch-mates there, else the
+    fastest gated variant that cannot and runs here as gated (the online server batches strangers together)."""
+    chosen = default_variant(QAConfig.load(model_dir), device)
+    if VARIANTS[chosen].batch_invariant:
+        return chosen
+    record = json.loads((model_dir / "export_manifest.json").read_text())
+    passed = {name: r for name, r in record["variants"].items() if r.get("passed") and name in VARIANTS
+              and VARIANTS[name].batch_invariant and VARIANTS[name].unusable(device) is None}
+    return max(passed, key=lambda v: passed[v]["questions_per_second"]) if passed else "fp32"
 
 
 def _onnx_model(spec: EngineSpec, model_dir: Path, device: str, settings: BatchSettings, source: dict) -> Engine:
     from toolkit.modeling import load_tokenizer
 
     qa = QAConfig.load(model_dir)
-    variant = spec.variant or default_variant(qa, device)
-    predictor = onnx_predictor(model_dir, variant, device, spec.threads, spec.spinning)
-    settings = variant_settings(variant, device, spec.batch_size, spec.max_batch_tokens)
+    chosen = variant(spec.variant or default_variant(qa, device), among=EXPORTED)
+    predictor = chosen.predictor(model_dir, device, spec.threads, spec.spinning)
+    settings = chosen.batch_settings(device, spec.batch_size, spec.max_batch_tokens)
     return Engine.single(predictor, load_tokenizer(str(model_dir)), qa, settings, source)
 
 
 def _torch_model(spec: EngineSpec, model_dir: Path, device: str, settings: BatchSettings, source: dict) -> Engine:
-    from toolkit.modeling import load_for_inference
+    from toolkit.modeling import load_tokenizer
 
-    if spec.variant not in (None, "fp32", "fp16", "bf16"):
-        raise EngineError(f"the torch engine runs fp32, fp16 (CUDA) or bf16 (CPU with native bf16), not '{spec.variant}'")
-    if spec.variant == "fp16" and device != "cuda":
-        raise EngineError("fp16 needs CUDA; the torch engine runs fp32 or bf16 on the CPU")
-    if spec.variant == "bf16" and (device != "cpu" or not native_bf16()):
-        raise EngineError("bf16 runs on a CPU with native bf16 (AVX512-BF16 or AMX) only; elsewhere it would be "
-                          "emulated, slower than fp32")
-    model, tokenizer, qa = load_for_inference(model_dir)
+    chosen = variant(spec.variant or "torch-fp32", among=TORCH_VARIANTS)
     _set_torch_threads(spec.threads)
-    predictor = TorchPredictor(model, device, fp16=spec.variant == "fp16", bf16=spec.variant == "bf16")
-    return Engine.single(predictor, tokenizer, qa, settings, source)
+    predictor = chosen.predictor(model_dir, device)
+    return Engine.single(predictor, load_tokenizer(str(model_dir)), QAConfig.load(model_dir), settings, source)
 
 
 def runs_on_onnxruntime(spec: EngineSpec) -> bool:
@@ -184,7 +155,7 @@ def runs_on_onnxruntime(spec: EngineSpec) -> bool:
         return False
     model_dir = Path(spec.model)
     return spec.engine == "onnx" or (model_dir / ADAPTERS_FILE).exists() or any(
-        (model_dir / f).exists() for f in ONNX_FILES.values())
+        (model_dir / f).exists() for f in export_files())
 
 
 def _model_dir(spec: EngineSpec, model_dir: Path, device: str, settings: BatchSettings) -> Engine:
@@ -196,7 +167,7 @@ def _model_dir(spec: EngineSpec, model_dir: Path, device: str, settings: BatchSe
         return _onnx_adapters(spec, model_dir, device, settings, source)
     if spec.default_adapter:
         raise EngineError(f"--default-adapter: {model_dir} holds one model, not several adapters")
-    has_onnx = any((model_dir / f).exists() for f in ONNX_FILES.values())
+    has_onnx = any((model_dir / f).exists() for f in export_files())
     engine = spec.engine if spec.engine != "auto" else "onnx" if has_onnx else "torch"
     if engine == "onnx":
         if not has_onnx:
@@ -204,3 +175,20 @@ def _model_dir(spec: EngineSpec, model_dir: Path, device: str, settings: BatchSe
                               "or use --engine torch for an adapter or merged model directory")
         return _onnx_model(spec, model_dir, device, settings, source)
     return _torch_model(spec, model_dir, device, settings, source)
+
+
+def server_variant(spec: EngineSpec) -> str | None:
+    """The variant the online server runs when none is asked for: for an export, one whose answers cannot depend
+    on what a request is batched with (batch_invariant_variant); otherwise the engine's own default."""
+    if spec.variant is not None or spec.model is None:
+        return spec.variant
+    model_dir = Path(spec.model)
+    if not (model_dir / "export_manifest.json").exists():
+        return None  # not a merged export (adapters, torch): the engine's own default
+    return batch_invariant_variant(model_dir, "cuda" if spec.device == "cuda" else "cpu")
+
+
+def server_spec(spec: EngineSpec) -> EngineSpec:
+    """The engine the online server runs: a batch-invariant variant, and ONNX Runtime threads that do not
+    spin-wait (the event loop shares their cores; bench/results/serve-load-*)."""
+    return dataclasses.replace(spec, variant=server_variant(spec), spinning=False)

@@ -1,7 +1,7 @@
 """OpenVINO on the CPU behind the Predictor protocol: the IR files `export` writes beside the ONNX ones, our
 padded batches in, logits out. The same IR runs at fp32 or bf16 inference precision (OpenVINO's own choice on a
-CPU with native bf16 is bf16); the variant names the IR and the precision, so that a gated variant always runs
-as it was gated."""
+CPU with native bf16 is bf16); the variant (variants.VARIANTS) names the IR and the precision, so that a gated
+variant always runs as it was gated."""
 
 import threading
 from collections.abc import Iterable
@@ -10,15 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.inference.predictors import EngineError
-from toolkit.runtime import native_bf16
-
-# variant -> (IR file in the export's onnx/ directory, inference precision)
-OPENVINO_VARIANTS = {
-    "ov-fp32": ("openvino_model.xml", "f32"),
-    "ov-bf16": ("openvino_model.xml", "bf16"),
-    "ov-int8": ("openvino_model_int8.xml", "f32"),  # NNCF int8 matmuls, the rest in fp32
-    "ov-int8-bf16": ("openvino_model_int8.xml", "bf16"),  # NNCF int8 matmuls, the rest in bf16
-}
 
 
 def openvino_missing() -> str | None:
@@ -27,19 +18,6 @@ def openvino_missing() -> str | None:
         import openvino  # noqa: F401
     except ImportError as e:
         return f"OpenVINO is not installed: pip install 'qa-toolkit[cpu]' ({e})"
-    return None
-
-
-def unusable_here(variant: str) -> str | None:
-    """Why an OpenVINO variant cannot run as gated on this machine (None when it can): bf16 inference needs a
-    CPU with native bf16 (AVX512-BF16 or AMX); elsewhere it would be emulated, slower and not what was gated."""
-    if variant not in OPENVINO_VARIANTS:
-        return None
-    missing = openvino_missing()
-    if missing:
-        return missing
-    if OPENVINO_VARIANTS[variant][1] == "bf16" and not native_bf16():
-        return f"{variant} needs a CPU with native bf16 (AVX512-BF16 or AMX); this one would emulate it"
     return None
 
 

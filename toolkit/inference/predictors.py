@@ -15,8 +15,6 @@ import numpy as np
 from toolkit.features import MODEL_INPUTS
 from toolkit.runtime import cuda_available, default_threads
 
-ONNX_FILES = {"fp32": "model.onnx", "opt": "model_optimized.onnx", "int8": "model_quantized.onnx",
-              "int8-u8": "model_quantized_u8.onnx", "fp16": "model_fp16.onnx"}
 # Several adapters on one exported base: the base graph takes every LoRA A/B matrix and the QA head as
 # inputs (empty/zero defaults), each adapter is an ONNX Runtime .onnx_adapter file with its own qa_config.json.
 LORA_GRAPH = "model_lora.onnx"

@@ -11,8 +11,9 @@ import threading
 from dataclasses import dataclass
 
 from toolkit.inference import EngineSpec
-from toolkit.serving.jobs import ServeError
-from toolkit.serving.server import ServerConfig, create_app, server_spec
+from toolkit.inference.loading import server_spec
+from toolkit.serving.app import ServerConfig, create_app
+from toolkit.serving.partial_output import ServeError
 
 
 @dataclass

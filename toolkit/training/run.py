@@ -19,7 +19,7 @@ from toolkit.calibration import Calibration, CalibrationError
 from toolkit.config import QAConfig, TrainConfig
 from toolkit.features import Features, build_features, check_config
 from toolkit.runtime import package_versions, peak_rss_mb
-from toolkit.training.records import print_row, table_row, table_rows, training_speed, write_manifest, write_reports
+from toolkit.training.reports import print_row, table_row, table_rows, training_speed, write_manifest, write_reports
 from toolkit.training.trainer import (
     CadenceCallback,
     EvalSet,

@@ -13,10 +13,10 @@ from toolkit import data as data_mod
 from toolkit.calibration import Calibration, Uncalibrated
 from toolkit.config import TrainConfig
 from toolkit.features import build_features, question_lengths
-from toolkit.metrics import position_metrics, squad_scores
 from toolkit.postprocess import Decoding, answer_all
 from toolkit.runtime import native_bf16
-from toolkit.training.records import print_row, table_row
+from toolkit.scoring import position_metrics, squad_scores
+from toolkit.training.reports import print_row, table_row
 
 
 class TrainError(ValueError):

@@ -15,33 +15,25 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import data as data_mod
-from toolkit.bench.peers import PEERS, run_peer
-from toolkit.bench.report import markdown, plot
-from toolkit.bench.results import stamp, write_results
+from toolkit.benchmarking.peers import PEERS, run_peer
+from toolkit.benchmarking.report import markdown, plot
+from toolkit.benchmarking.results import stamp, write_results
 from toolkit.calibration import from_config
 from toolkit.config import QAConfig
 from toolkit.exporting.common import calibration_windows, size_bytes
 from toolkit.features import Features, build_features
-from toolkit.inference import ONNX_FILES, TorchPredictor
-from toolkit.inference.batching import feature_logits, pad_batch
-from toolkit.inference.loading import onnx_predictor, variant_file, variant_settings
-from toolkit.inference.openvino import OPENVINO_VARIANTS, unusable_here
-from toolkit.metrics import squad_scores
+from toolkit.inference import VARIANTS
+from toolkit.inference.padding import feature_logits, pad_batch
 from toolkit.options import DEFAULT_OPTIONS
 from toolkit.postprocess import answer_all
 from toolkit.runtime import (
-    cuda_available,
     default_threads,
     encoder_flops,
     machine_peaks,
-    native_bf16,
-    peak_for,
+    peak_rate,
     peak_rss_mb,
 )
-
-VARIANTS = ("torch", "torch-fp16", "torch-bf16", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int8-u8", "onnx-fp16",
-            *OPENVINO_VARIANTS)
-GPU_ONLY = {"torch-fp16", "onnx-fp16"}
+from toolkit.scoring import squad_scores
 
 
 class BenchError(ValueError):
@@ -54,8 +46,8 @@ class BenchConfig:
     eval_file: str
     name: str = "latest"
     results_dir: str = "bench/results"
-    variants: list[str] = field(default_factory=lambda: ["torch", "torch-bf16", "onnx-fp32", "onnx-opt", "onnx-int8",
-                                                         "onnx-int8-u8", "ov-bf16", "ov-int8", "ov-int8-bf16"])
+    variants: list[str] = field(default_factory=lambda: ["torch-fp32", "torch-bf16", "fp32", "opt", "int8", "int8-u8", "fp16",
+                                                         "ov-bf16", "ov-int8", "ov-int8-bf16"])
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     seq_lens: list[str] = field(default_factory=lambda: ["real", "384"])
     latency_batches: int = 20  # timed batches per (variant, batch size, length)
@@ -72,7 +64,7 @@ class BenchConfig:
     def check(self) -> None:
         unknown = set(self.variants) - set(VARIANTS)
         if unknown:
-            raise BenchError(f"unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
+            raise BenchError(f"unknown variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
         for seq in self.seq_lens:
             if seq != "real" and not seq.isdigit():
                 raise BenchError(f"--seq-lens takes 'real' or a token count, not '{seq}'")
@@ -88,7 +80,7 @@ def locate(model: str) -> tuple[Path, Path]:
         raise BenchError(f"model directory not found: {model}")
     onnx_dir = root / "onnx" if (root / "onnx").is_dir() else root
     torch_dir = onnx_dir.parent / "merged"
-    if not (onnx_dir / ONNX_FILES["fp32"]).exists():
+    if not (onnx_dir / VARIANTS["fp32"].file).exists():
         raise BenchError(f"{model}: no ONNX export found (run `qa-toolkit export` first)")
     if not torch_dir.is_dir():
         raise BenchError(f"{model}: no merged/ PyTorch model beside the ONNX files to compare with")
@@ -96,25 +88,16 @@ def locate(model: str) -> tuple[Path, Path]:
 
 
 def make_predictor(variant: str, onnx_dir: Path, torch_dir: Path, threads: int):
-    """A predictor for a bench variant name; torch threads are set by the caller's process."""
-    if variant.startswith("torch"):
-        from toolkit.modeling import load_for_inference
-
-        model = load_for_inference(torch_dir)[0]
-        return TorchPredictor(model, "cuda" if variant == "torch-fp16" or cuda_available() and variant == "torch" else "cpu",
-                              fp16=variant == "torch-fp16", bf16=variant == "torch-bf16")
-    kind = variant.removeprefix("onnx-")
-    return onnx_predictor(onnx_dir, kind, "cuda" if kind == "fp16" else "cpu", threads)
-
-
-def variant_path(variant: str, onnx_dir: Path) -> Path:
-    return onnx_dir / variant_file(variant.removeprefix("onnx-"))
+    """A predictor for a variant, on the device it is gated on (its first); torch threads are the caller's."""
+    v = VARIANTS[variant]
+    return v.predictor(torch_dir if v.file is None else onnx_dir, v.devices[0], threads)
 
 
 def file_size(variant: str, onnx_dir: Path, torch_dir: Path) -> int:
-    if variant.startswith("torch"):
+    file = VARIANTS[variant].file
+    if file is None:
         return sum(p.stat().st_size for p in torch_dir.glob("*.safetensors"))
-    return size_bytes(variant_path(variant, onnx_dir))
+    return size_bytes(onnx_dir / file)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -130,7 +113,7 @@ def _memory_probe(args: tuple) -> dict:
     baseline = peak_rss_mb()
     predictor = make_predictor(variant, Path(onnx_dir), Path(torch_dir), threads)
     features = Features(inputs=features_inputs, example_index=[0] * len(features_inputs["input_ids"]), offsets=[])
-    feature_logits(predictor, features, pad_id, variant_settings(predictor.variant, predictor.device))
+    feature_logits(predictor, features, pad_id, VARIANTS[variant].batch_settings(predictor.device))
     peak = peak_rss_mb()
     return {"peak_rss_mb": peak, "above_baseline_mb": peak - baseline}
 
@@ -149,8 +132,7 @@ def accuracy_pass(predictors: dict, engine_qa: QAConfig, examples, features, pad
     seconds = {n: 0.0 for n in names}
     start = {n: [None] * len(features) for n in names}
     end = {n: [None] * len(features) for n in names}
-    device = "cuda" if cuda_available() else "cpu"
-    settings = {n: variant_settings(predictors[n].variant, device, batch_size) for n in names}  # batched as it serves
+    settings = {n: VARIANTS[n].batch_settings(predictors[n].device, batch_size) for n in names}  # as it serves
     for c, first in enumerate(range(0, len(features), chunk)):
         rows = list(range(first, min(first + chunk, len(features))))
         part = Features(inputs={k: [v[i] for i in rows] for k, v in features.inputs.items()},
@@ -202,22 +184,13 @@ def _latency(predictors: dict, features, pad_id: int, batch_size: int, seq: str,
     return out
 
 
-def why_not_here(variant: str) -> str | None:
-    """Why a variant cannot run as it would be served on this machine (None when it can)."""
-    if variant in GPU_ONLY and not cuda_available():
-        return "no usable CUDA here"
-    if variant == "torch-bf16" and not native_bf16():
-        return "no native bf16 on this CPU (emulated bf16 is slower than fp32)"
-    return unusable_here(variant)
-
-
 def runnable_variants(cfg: BenchConfig, onnx_dir: Path, log) -> tuple[list[str], dict[str, str]]:
     """(variants to run, {variant skipped: why}); refuses exported variants the export lacks."""
-    skipped = {v: why for v in cfg.variants if (why := why_not_here(v))}
+    skipped = {v: why for v in cfg.variants if (why := VARIANTS[v].unusable())}
     variants = [v for v in cfg.variants if v not in skipped]
     for v, why in skipped.items():
         log(f"skipping {v}: {why}")
-    missing = [v for v in variants if not v.startswith("torch") and not variant_path(v, onnx_dir).exists()]
+    missing = [v for v in variants if VARIANTS[v].file and not (onnx_dir / VARIANTS[v].file).exists()]
     if missing:
         raise BenchError(f"{onnx_dir} has no file for {missing}; export those variants first")
     return variants, skipped
@@ -225,7 +198,7 @@ def runnable_variants(cfg: BenchConfig, onnx_dir: Path, log) -> tuple[list[str],
 
 def variant_rows(variants, accuracy, latency, memory, peaks, eval_flops, onnx_dir, torch_dir, n_questions) -> tuple[str, dict]:
     """(baseline, one row per variant): accuracy, agreement, latency, memory, size and ratios to the baseline."""
-    baseline = "torch" if "torch" in variants else variants[0]
+    baseline = "torch-fp32" if "torch-fp32" in variants else variants[0]
     rows = {}
     for v in variants:
         agree = sum(a == b for a, b in zip(accuracy[v]["answers"], accuracy[baseline]["answers"]))
@@ -235,8 +208,8 @@ def variant_rows(variants, accuracy, latency, memory, peaks, eval_flops, onnx_di
                    "answer_agreement_vs_baseline": 100.0 * agree / n_questions,
                    "span_agreement_vs_baseline": 100.0 * span_agree / n_questions,
                    "latency": {k: latency[k][v] for k in latency},
-                   "roofline_fraction": {k: latency[k][v]["achieved_flops"] / peak_for(v, peaks) for k in latency},
-                   "eval_roofline_fraction": eval_flops / accuracy[v]["seconds"] / peak_for(v, peaks)}
+                   "roofline_fraction": {k: latency[k][v]["achieved_flops"] / peak_rate(VARIANTS[v].peak, peaks) for k in latency},
+                   "eval_roofline_fraction": eval_flops / accuracy[v]["seconds"] / peak_rate(VARIANTS[v].peak, peaks)}
     for v in variants:
         rows[v]["speedup_vs_baseline"] = {k: rows[baseline]["latency"][k]["mean_ms"] / rows[v]["latency"][k]["mean_ms"]
                                           for k in latency}

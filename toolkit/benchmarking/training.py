@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from toolkit import data as data_mod
-from toolkit.bench.inference import in_fresh_process, percentile
-from toolkit.bench.results import machine_line, stamp, write_results
+from toolkit.benchmarking.inference import in_fresh_process, percentile
+from toolkit.benchmarking.results import machine_line, stamp, write_results
 from toolkit.config import TrainConfig
-from toolkit.inference.batching import batches, pad_batch
+from toolkit.inference.padding import batches, pad_batch
 from toolkit.runtime import default_threads, native_bf16, peak_rss_mb
 from toolkit.training.trainer import first_answer
 

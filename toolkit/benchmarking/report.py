@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.bench.results import machine_line
+from toolkit.benchmarking.results import machine_line
 
 
 def _variant_line(v: str, r: dict) -> str:

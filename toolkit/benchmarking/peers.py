@@ -12,8 +12,8 @@ import numpy as np
 
 from toolkit import data as data_mod
 from toolkit.config import QAConfig
-from toolkit.inference import ONNX_FILES
-from toolkit.metrics import squad_scores
+from toolkit.inference import VARIANTS
+from toolkit.scoring import squad_scores
 
 PEERS = ("pipeline-torch", "pipeline-ort", "pipeline-ov-fp32", "pipeline-ov-int8")
 
@@ -62,7 +62,7 @@ def load_peer(kind: str, onnx_dir: Path, torch_dir: Path, threads: int,
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        model = ORTModelForQuestionAnswering.from_pretrained(onnx_dir, file_name=ONNX_FILES["fp32"],
+        model = ORTModelForQuestionAnswering.from_pretrained(onnx_dir, file_name=VARIANTS["fp32"].file,
                                                              session_options=options)
         return model, "ORTModelForQuestionAnswering (model.onnx), CPUExecutionProvider"
     if kind == "pipeline-ov-fp32":

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from toolkit.inference import Engine, EngineSpec, Stopwatch, load_engine
 from toolkit.options import AnswerOptions
-from toolkit.serving.jobs import ServeError, check_paths, job_output
+from toolkit.serving.partial_output import ServeError, check_paths, job_output
 from toolkit.serving.requests import MAX_CONTEXT_TOKENS, Query, answer_queries, parse_line
 
 
@@ -200,14 +200,10 @@ def serve_batch(engine: Engine, input_path: str, output_path: str, cfg: ServeCon
     return summary
 
 
-def serve_job(spec: EngineSpec, input_path: str, output_path: str, cfg: ServeConfig, ray=None,
+def serve_job(spec: EngineSpec, input_path: str, output_path: str, cfg: ServeConfig,
               log=lambda m: print(m, file=sys.stderr)) -> Summary:
-    """The whole serve-batch command: load the engine described by spec and answer the file with it, in this
-    process, or on Ray actors when ray (a RayConfig) is given."""
-    if ray is not None:
-        from toolkit.serving.ray_batch import serve_batch_ray
-
-        return serve_batch_ray(spec, input_path, output_path, cfg, ray)
+    """The whole serve-batch command in this process: load the engine described by spec and answer the file with
+    it (answer_file_ray.serve_batch_ray is the same on Ray actors)."""
     engine = load_engine(spec)
     default = engine.served().predictor
     log(f"engine: {default.variant} on {default.provider}")

@@ -22,8 +22,16 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from toolkit.inference import EngineSpec, Stopwatch, load_engine
-from toolkit.serving.batch import ServeConfig, Summary, answer_chunk_rows, job_identity, read_chunks, read_lines, tally
-from toolkit.serving.jobs import ServeError, check_paths, job_output
+from toolkit.serving.answer_file import (
+    ServeConfig,
+    Summary,
+    answer_chunk_rows,
+    job_identity,
+    read_chunks,
+    read_lines,
+    tally,
+)
+from toolkit.serving.partial_output import ServeError, check_paths, job_output
 
 
 @dataclass
