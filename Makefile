@@ -95,3 +95,15 @@ bench-reference: install
 	$(BIN)/qa-toolkit bench --model $(REFERENCE)/export \
 	  --eval-file "$(SLICE)?exclude-articles=$(TUNE_ARTICLES)" --name minilm-squad-lora-cpu
 	$(BIN)/qa-toolkit bench --train --name train-speed-cpu
+
+# The documentation site (docs/, mkdocs.yml; the `docs` extra): `make docs` serves it at http://127.0.0.1:8001,
+# rebuilt on every change; `make docs-build` builds it into site/ with --strict (a broken link, anchor or
+# reference fails the build), as .ci/run does. tests/test_docs.py builds it too and runs its examples.
+.PHONY: docs docs-build
+docs: install
+	$(BIN)/pip install -q -c constraints.txt -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
+
+docs-build: install
+	$(BIN)/pip install -q -c constraints.txt -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
