@@ -122,29 +122,66 @@ class Engine:
                                  features.words)
         return answers, start, end
 
+    def oversized(self, questions: list[str], contexts: list[str], max_question_tokens: int,
+                  max_context_tokens: int | None = None) -> list[str | None]:
+        """Why each question cannot be answered for its size (None when it can): a question over
+        max_question_tokens, a context over max_context_tokens. A context of at most max_context_tokens UTF-8
+        bytes cannot have more tokens, so only longer ones are tokenised."""
+        problems: list[str | None] = [None] * len(questions)
+        for i, n in enumerate(self.question_lengths(questions)):
+            if n > max_question_tokens:
+                problems[i] = f"question too long: {n} tokens (at most {max_question_tokens}; see max_question_len)"
+        if max_context_tokens:
+            suspects = [i for i, c in enumerate(contexts) if problems[i] is None
+                        and len(c.encode("utf-8")) > max_context_tokens]
+            for i, n in zip(suspects, self.token_counts([contexts[i] for i in suspects])):
+                if n > max_context_tokens:
+                    problems[i] = (f"context too long: {n} tokens (at most {max_context_tokens}; "
+                                   "see --max-context-tokens)")
+        return problems
+
+    def answer_each(self, questions: list[str], contexts: list[str], adapter: str | None = None,
+                    watch: Stopwatch | None = None, options: AnswerOptions = DEFAULT_OPTIONS,
+                    max_context_tokens: int | None = None) -> list[Answer | OptionError]:
+        """One result per question, in order: its Answer, or the OptionError saying why its size cannot be
+        answered (oversized). Each question is checked once; the others are answered together."""
+        _check_inputs(questions, contexts)
+        watch = watch or Stopwatch()
+        with watch("tokenise"):
+            limit = self.feature_config(options, adapter).max_question_tokens
+            results: list = [OptionError(p) if p else None
+                              for p in self.oversized(questions, contexts, limit, max_context_tokens)]
+            keep = [i for i, r in enumerate(results) if r is None]
+            if not keep:
+                return results
+            features = self.features([questions[i] for i in keep], [contexts[i] for i in keep], adapter, options)
+        answers = self.run([contexts[i] for i in keep], features, adapter, watch, options)[0]
+        for i, a in zip(keep, answers):
+            results[i] = a
+        return results
+
     def answer(self, questions: list[str] | str, contexts: list[str] | str, adapter: str | None = None,
                watch: Stopwatch | None = None, options: AnswerOptions = DEFAULT_OPTIONS) -> list[Answer] | Answer:
         """One answer per question, in order, with its best span, probabilities and no-answer decision; one
         Answer for one question and context given as strings. options: top_k, max_answer_len, ... (AnswerOptions).
-        Raises ValueError for an empty question or context, OptionError for options the model cannot take."""
+        Raises ValueError for an empty question or context, OptionError for options the model cannot take or a
+        question over max_question_len."""
         if isinstance(questions, str) != isinstance(contexts, str):
             raise TypeError("give questions and contexts both as strings or both as lists of strings")
         if isinstance(questions, str):
             return self.answer([questions], [contexts], adapter, watch, options)[0]
-        if len(questions) != len(contexts):
-            raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
-        for i, (q, c) in enumerate(zip(questions, contexts)):
-            if not isinstance(q, str) or not isinstance(c, str):
-                raise TypeError(f"question and context {i} must be strings, got {type(q).__name__} and {type(c).__name__}")
-            if not q.strip() or not c.strip():
-                raise ValueError(f"question {i} has an empty {'question' if not q.strip() else 'context'}")
-        if not questions:
-            return []
-        watch = watch or Stopwatch()
-        with watch("tokenise"):
-            limit = self.feature_config(options, adapter).max_question_tokens
-            for i, n in enumerate(self.question_lengths(questions)):
-                if n > limit:
-                    raise OptionError(f"question {i} has {n} tokens, over max_question_len {limit}")
-            features = self.features(questions, contexts, adapter, options)
-        return self.run(contexts, features, adapter, watch, options)[0]
+        results = self.answer_each(questions, contexts, adapter, watch, options)
+        failed = next((i for i, r in enumerate(results) if isinstance(r, OptionError)), None)
+        if failed is not None:
+            raise OptionError(f"question {failed}: {results[failed]}")
+        return results
+
+
+def _check_inputs(questions: list[str], contexts: list[str]) -> None:
+    if len(questions) != len(contexts):
+        raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
+    for i, (q, c) in enumerate(zip(questions, contexts)):
+        if not isinstance(q, str) or not isinstance(c, str):
+            raise TypeError(f"question and context {i} must be strings, got {type(q).__name__} and {type(c).__name__}")
+        if not q.strip() or not c.strip():
+            raise ValueError(f"question {i} has an empty {'question' if not q.strip() else 'context'}")

@@ -91,18 +91,6 @@ def parse_line(raw: bytes, line: int, defaults: AnswerOptions = DEFAULT_OPTIONS)
     return query_from_record(record, line, defaults)
 
 
-def check_sizes(engine: Engine, queries: list[Query], max_question_tokens: int, max_context_tokens: int) -> None:
-    """Mark questions and contexts over their token limits as errors. A context of at most
-    max_context_tokens UTF-8 bytes cannot have more tokens, so only longer ones are tokenised."""
-    for q, n in zip(queries, engine.question_lengths([q.question for q in queries])):
-        if n > max_question_tokens:
-            q.fail("too_long", f"question too long: {n} tokens (at most {max_question_tokens}; see max_question_len)")
-    suspects = [q for q in queries if q.error is None and len(q.context.encode("utf-8")) > max_context_tokens]
-    for q, n in zip(suspects, engine.token_counts([q.context for q in suspects])):
-        if n > max_context_tokens:
-            q.fail("too_long", f"context too long: {n} tokens (at most {max_context_tokens}; see --max-context-tokens)")
-
-
 def groups(engine: Engine, queries: list[Query]) -> dict[tuple[str, AnswerOptions], list[Query]]:
     """The queries answered together: one served model and one set of options each. A query naming an
     adapter that is not served is marked."""
@@ -153,8 +141,8 @@ def error_row(q: Query) -> dict:
 
 def answer_checked(engine: Engine, queries: list[Query], max_context_tokens: int = MAX_CONTEXT_TOKENS,
                    watch: Stopwatch | None = None) -> dict[int, Answer]:
-    """line -> Answer for every query that passes its checks (adapter, options, token bounds); the others get
-    their error set. Each adapter's queries are answered together, never in a batch with another's, and so are
+    """line -> Answer for every query that passes its checks (adapter, options, and the engine's token bounds);
+    the others get their error set. Each adapter's queries are answered together, never in a batch with another's, and so are
     the queries of one set of options."""
     watch = watch or Stopwatch()
     answers = {}
@@ -162,16 +150,18 @@ def answer_checked(engine: Engine, queries: list[Query], max_context_tokens: int
         adapter = name or None  # SINGLE: the engine's one model
         with watch("checks"):
             try:
-                windows = engine.feature_config(options, adapter)
+                engine.feature_config(options, adapter)
             except OptionError as e:
                 for q in group:
                     q.fail("invalid", str(e))
                 continue
-            check_sizes(engine, group, windows.max_question_tokens, max_context_tokens)
-        group = [q for q in group if q.error is None]
-        answers.update(zip((q.line for q in group), engine.answer([q.question for q in group],
-                                                                 [q.context for q in group], adapter, watch,
-                                                                 options)))
+        results = engine.answer_each([q.question for q in group], [q.context for q in group], adapter, watch,
+                                     options, max_context_tokens)
+        for q, result in zip(group, results):
+            if isinstance(result, OptionError):
+                q.fail("too_long", str(result))
+            else:
+                answers[q.line] = result
     return answers
 
 
