@@ -379,7 +379,7 @@ def test_requests_that_would_miss_their_deadline_are_shed_at_once(tokenizer):
         assert 200 in statuses and 503 in statuses and 504 not in statuses, statuses
         for response, seconds in results:
             if response.status_code == 503:
-                assert "over the deadline of 0.6 s" in response.json()["error"]
+                assert "of the deadline of 0.6 s" in response.json()["error"]
                 assert int(response.headers["Retry-After"]) >= 1
             else:
                 assert seconds < 0.6 + 0.25, seconds  # the deadline, and one engine call of slack for the measure

@@ -4,8 +4,8 @@ One inference thread takes everything queued (up to a question budget), waits (u
 latest arrival) for the clients it answered last to come back with their next question, and answers it with
 answer_checked: questions grouped by adapter, their windows bucketed by length as in serve-batch. While it runs,
 new requests queue, so batches grow with the load. Admission is by expected wait: the engine's measured
-seconds per question times the questions ahead; a request that could not be answered within its deadline is
-refused at once (Overloaded -> 503 with Retry-After), so the ones accepted finish in time. The queue is also
+seconds per question times the questions ahead; a request that could not be answered within HEADROOM of its
+deadline is refused at once (Overloaded -> 503 with Retry-After), so the ones accepted finish in time. The queue is also
 bounded in questions (Overloaded). A request whose caller gave up (timeout, disconnect) is dropped before its
 batch starts, and costs nothing more. The loop is watched: if it dies, waiting requests fail at once
 (Unavailable), `alive` turns false (the server's /ready says 503) and on_death is called.
@@ -36,6 +36,7 @@ class Unavailable(RuntimeError):
 
 
 RATE_WEIGHT = 0.3  # weight of the latest engine call in the running mean of seconds per question
+HEADROOM = 0.7  # the share of a deadline the expected wait may fill: the rest is for the batch's later arrivals, HTTP, variance
 
 
 @dataclass
@@ -112,7 +113,9 @@ class Batcher:
 
     def expected_wait(self, questions: int) -> float:
         """Seconds until a request of this many questions would be answered, at the measured rate (0 before
-        the first engine call is measured)."""
+        the first engine call is measured): the questions of the engine call running now, those queued ahead
+        and its own. Its own batch may also take up to max_batch_questions of those who queue after it: HEADROOM
+        keeps room for that."""
         return (self.waiting + self.in_flight + questions) * (self.seconds_per_question or 0.0)
 
     def submit(self, queries: list[Query], client=None, deadline_s: float = math.inf) -> asyncio.Future:
@@ -128,8 +131,8 @@ class Batcher:
             raise Overloaded(f"{self.waiting} questions are waiting (at most {self.cfg.max_queue})", drain)
         expected = self.expected_wait(len(queries))
         # Nothing ahead: admitted whatever the estimate, which is how a high one (a slow warm-up) comes down.
-        if expected > deadline_s and self.waiting + self.in_flight > 0:
-            raise Overloaded(f"expected wait {expected:.2f} s is over the deadline of {deadline_s:g} s "
+        if expected > HEADROOM * deadline_s and self.waiting + self.in_flight > 0:
+            raise Overloaded(f"expected wait {expected:.2f} s is over {HEADROOM:.0%} of the deadline of {deadline_s:g} s "
                              f"({self.waiting + self.in_flight} questions ahead at "
                              f"{1 / self.seconds_per_question:.0f} questions/s)", drain)
         future = asyncio.get_running_loop().create_future()
