@@ -2,6 +2,8 @@
 under results_dir/name, for the bench commands and the scripts in bench/ alike."""
 
 import json
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -10,9 +12,20 @@ from toolkit.runtime import machine_info, package_versions
 
 
 def stamp(name: str, threads: int) -> dict:
-    """What every results file starts with: its name, when, on what machine, with which packages."""
-    return {"name": name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_info(threads),
-            "versions": package_versions()}
+    """What every results file starts with: its name, the command that made it, when, on what machine, with
+    which packages."""
+    return {"name": name, "command": invocation(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "machine": machine_info(threads), "versions": package_versions()}
+
+
+def invocation() -> str:
+    """This process's command line as a reader would type it: `python bench/x.py ...` or `qa-toolkit ...`."""
+    program = Path(sys.argv[0])
+    if program.suffix == ".py":
+        head = ["python", os.path.relpath(program) if program.is_absolute() else str(program)]
+    else:
+        head = ["qa-toolkit" if program.name in ("qa-toolkit", "cli.py", "__main__.py") else program.name]
+    return shlex.join([*head, *sys.argv[1:]])
 
 
 def machine_line(results: dict) -> str:
