@@ -187,11 +187,11 @@ def main() -> None:
             results["streams"].append({"variant": variant, "streams": streams, "questions_per_second": qps})
             print(json.dumps(results["streams"][-1]), flush=True)
     for spinning in (True, False):
-        engine = Engine.single(OrtPredictor(onnx_dir / "model_quantized.onnx", "cpu", threads, "int8", spinning),
+        engine = Engine.single(OrtPredictor(onnx_dir / REGISTRY["int8"].file, "cpu", threads, "int8", spinning),
                                tokenizer, qa, default)
         results["spinning"].append({"spinning": spinning, "questions_per_second": questions_per_second(engine, examples, features)})
-    results["profiles"]["ONNX Runtime int8 (model_quantized.onnx)"] = top(
-        ort_profile(onnx_dir / "model_quantized.onnx", threads, features, pad, default))
+    results["profiles"][f"ONNX Runtime int8 ({REGISTRY['int8'].file})"] = top(
+        ort_profile(onnx_dir / REGISTRY["int8"].file, threads, features, pad, default))
     for variant in (v for v in ("ov-int8-bf16", "ov-bf16", "ov-int8") if v in variants):
         results["profiles"][f"OpenVINO {variant}"] = top(openvino_profile(onnx_dir, variant, threads, features, pad, default))
     print(write_results(args.results_dir, results, markdown(results)))

@@ -20,6 +20,11 @@ def test_export_merge_writes_every_cpu_variant_with_parity(exported_bert):
     manifest = json.loads((exported_bert / "export_manifest.json").read_text())
     assert manifest["merge_max_abs_logit_diff"] < 1e-4
     onnx = exported_bert / "onnx"
+    # the file names are a contract with every export already made: the registry must not rename them
+    assert {n: VARIANTS[n].file for n in ("fp32", "opt", "int8", "int8-u8", "fp16", "ov-fp32", "ov-int8")} == {
+        "fp32": "model.onnx", "opt": "model_optimized.onnx", "int8": "model_quantized.onnx",
+        "int8-u8": "model_quantized_u8.onnx", "fp16": "model_fp16.onnx", "ov-fp32": "openvino_model.xml",
+        "ov-int8": "openvino_model_int8.xml"}
     for name in ("fp32", "opt", "int8", "int8-u8"):
         v = manifest["variants"][name]
         assert (onnx / VARIANTS[name].file).exists() and v["size_bytes"] > 0

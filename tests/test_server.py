@@ -231,18 +231,29 @@ def test_the_batcher_waits_for_the_clients_it_answered_last_and_no_one_else(toke
     assert gone[0] >= 1.5 and gone[1] == 1, gone
 
 
-def test_server_default_variant_is_batch_invariant(exported_bert):
+def test_server_default_variant_is_batch_invariant(exported_bert, tmp_path):
+    """An export whose measured ranking puts dynamic int8 first: the server picks the fastest gated variant whose
+    answers cannot depend on the batch, and they really do not."""
     from toolkit.inference import EngineSpec
 
-    manifest = json.loads((exported_bert / "onnx" / "export_manifest.json").read_text())
-    chosen = server_variant(EngineSpec(model=str(exported_bert / "onnx")))
+    onnx = tmp_path / "onnx"
+    onnx.mkdir()
+    for f in (exported_bert / "onnx").iterdir():
+        if f.name != "qa_config.json":
+            (onnx / f.name).symlink_to(f)
+    qa = QAConfig.load(exported_bert / "onnx")
+    qa.cpu_ranking = ["int8", "int8-u8", *[v for v in qa.cpu_ranking if not v.startswith("int8")]]
+    qa.default_variant = {**qa.default_variant, "cpu": "int8"}
+    qa.save(onnx)
+    manifest = json.loads((onnx / "export_manifest.json").read_text())
+    chosen = server_variant(EngineSpec(model=str(onnx)))
     assert not chosen.startswith("int8") and manifest["variants"][chosen]["passed"]
-    engine = load(exported_bert / "onnx", variant=chosen, device="cpu")  # and its answers really are batch-invariant
+    engine = load(onnx, variant=chosen, device="cpu")  # and its answers really are batch-invariant
     lines = fixture_lines()
     questions, contexts = [r["question"] for r in lines], [r["context"] for r in lines]
     alone = [engine.answer([q], [c])[0] for q, c in zip(questions, contexts)]
     assert alone == engine.answer(questions, contexts)
-    assert server_variant(EngineSpec(model=str(exported_bert / "onnx"), variant="int8")) == "int8"  # asked for
+    assert server_variant(EngineSpec(model=str(onnx), variant="int8")) == "int8"  # asked for
 
 
 def test_hugging_face_client_gets_the_answers_serve_batch_gives(exported_bert, tmp_path, monkeypatch):
@@ -428,5 +439,23 @@ def test_a_dead_batcher_fails_the_batch_it_was_answering_at_once(tokenizer):
         batcher._died(died)
         with pytest.raises(Unavailable):
             await asyncio.wait_for(future, 0.05)
+
+    asyncio.run(scenario())
+
+
+def test_admission_keeps_30_percent_of_the_deadline_in_reserve(tokenizer):
+    """0.6 s expected (6 questions at 0.1 s): refused at a 0.8 s deadline (0.6 > 0.7 x 0.8), admitted at 0.9 s."""
+    from toolkit.serving import Query
+    from toolkit.serving.batcher import Batcher, Overloaded
+
+    async def scenario():
+        batcher = Batcher(fake_engine(tokenizer), BatcherConfig())
+        batcher.start()
+        batcher.seconds_per_question, batcher.in_flight = 0.1, 5
+        with pytest.raises(Overloaded, match="of the deadline of 0.8 s"):
+            batcher.submit([Query(0, "a", "q?", CONTEXT)], deadline_s=0.8)
+        future = batcher.submit([Query(0, "a", "q?", CONTEXT)], deadline_s=0.9)
+        await asyncio.wait_for(future, 5)
+        await batcher.stop()
 
     asyncio.run(scenario())
