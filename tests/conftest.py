@@ -58,6 +58,22 @@ def fixture_lines() -> list[dict]:
             for a in squad_fixture()["data"] for p in a["paragraphs"] for qa in p["qas"]]
 
 
+def reranked_export(onnx_dir: Path, target: Path, cpu_ranking: list[str]) -> Path:
+    """A copy of an export's onnx/ directory (links to its files) whose qa_config ranks the CPU variants as
+    given, the first being its CPU default: what an export measured on another machine would hold."""
+    from toolkit.config import QAConfig
+
+    target.mkdir()
+    for f in onnx_dir.iterdir():
+        if f.name != "qa_config.json":
+            (target / f.name).symlink_to(f)
+    qa = QAConfig.load(onnx_dir)
+    qa.cpu_ranking = cpu_ranking
+    qa.default_variant = {**qa.default_variant, "cpu": cpu_ranking[0]}
+    qa.save(target)
+    return target
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import fixture_lines, write_jsonl
+from tests.conftest import fixture_lines, reranked_export, write_jsonl
 from tests.fakes import NullWins, Peak, Spread, free_port, uvicorn_thread
 from toolkit import load
 from toolkit.config import QAConfig
@@ -236,15 +236,9 @@ def test_server_default_variant_is_batch_invariant(exported_bert, tmp_path):
     answers cannot depend on the batch, and they really do not."""
     from toolkit.inference import EngineSpec
 
-    onnx = tmp_path / "onnx"
-    onnx.mkdir()
-    for f in (exported_bert / "onnx").iterdir():
-        if f.name != "qa_config.json":
-            (onnx / f.name).symlink_to(f)
-    qa = QAConfig.load(exported_bert / "onnx")
-    qa.cpu_ranking = ["int8", "int8-u8", *[v for v in qa.cpu_ranking if not v.startswith("int8")]]
-    qa.default_variant = {**qa.default_variant, "cpu": "int8"}
-    qa.save(onnx)
+    measured = QAConfig.load(exported_bert / "onnx").cpu_ranking
+    onnx = reranked_export(exported_bert / "onnx", tmp_path / "onnx",
+                           ["int8", "int8-u8", *[v for v in measured if not v.startswith("int8")]])
     manifest = json.loads((onnx / "export_manifest.json").read_text())
     chosen = server_variant(EngineSpec(model=str(onnx)))
     assert not chosen.startswith("int8") and manifest["variants"][chosen]["passed"]
