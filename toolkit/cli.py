@@ -146,6 +146,11 @@ def main():
 @click.option("--init-adapter", type=click.Path(), help="Continue training this adapter directory (its LoRA weights, "
                                                        "settings and QA head) on new data in a new run; --lora-* are "
                                                        "then the adapter's. Unlike --resume, which goes on with the same run.")
+@click.option("--teacher", type=click.Path(), help="Distil from this model directory (an export, adapter or merged "
+                                                   "model, of any base): its logits on the training windows are soft "
+                                                   "targets beside the gold labels.")
+@click.option("--distill-alpha", type=float, help="Weight of the teacher's term, in (0, 1]. Default 0.5.")
+@click.option("--distill-temperature", type=float, help="Softmax temperature of the teacher's term. Default 2.")
 @click.option("--bf16", type=click.Choice(["auto", "on", "off"]),
               help="bf16 autocast. auto (default): on a CPU with native bf16 (AVX512-BF16/AMX); CUDA keeps fp16.")
 @click.option("--eval-batch-size", type=int, help="Windows per eval batch. Default 32.")

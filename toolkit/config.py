@@ -27,6 +27,10 @@ class TrainConfig:
     # attention projections, lr 3e-4 learned far less on the same budget; see README).
     full_finetune: bool = False
     init_adapter: str | None = None  # continue this adapter (its LoRA weights, settings and head) in a new run
+    # Distillation: a model directory (export, adapter or merged model; any base) whose logits are soft targets.
+    teacher: str | None = None
+    distill_alpha: float = 0.5  # weight of the teacher's term against the gold labels
+    distill_temperature: float = 2.0
     lora_r: int = 32
     lora_alpha: int = 64
     lora_dropout: float = 0.1

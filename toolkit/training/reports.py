@@ -92,6 +92,7 @@ def training_speed(config, lengths: list[int], cfg: TrainConfig, steps: int, ste
 def model_card(cfg: TrainConfig, manifest: dict) -> str:
     tuned = manifest["final_metrics"]["tuned"]
     init = manifest["init_adapter"]
+    teacher = manifest.get("teacher")
     lora = init or {"lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha}
     kind = "full fine-tune" if cfg.full_finetune else f"LoRA r={lora['lora_r']}, alpha={lora['lora_alpha']}"
     lines = [
@@ -104,6 +105,9 @@ def model_card(cfg: TrainConfig, manifest: dict) -> str:
         *([f"Continued from the adapter {init['path']} (LoRA r={init['lora_r']}, alpha={init['lora_alpha']}; "
            f"{init['steps']} steps on {', '.join(init['trained_on'] or ['?'])}) with `--init-adapter`.", ""]
           if init else []),
+        *([f"Distilled from the teacher {teacher['path']} ({teacher['base_model']}): its start/end logits, carried "
+           f"over through the context's characters, weigh {teacher['alpha']} against the gold labels at temperature "
+           f"{teacher['temperature']}.", ""] if teacher else []),
         f"- trainable parameters: {manifest['parameters']['trainable']:,} of {manifest['parameters']['total']:,} "
         f"({manifest['parameters']['percent']:.2f}%)",
         f"- steps: {manifest['timing']['global_step']}, {manifest['timing']['seconds_per_step']:.3f} s/step "

@@ -18,7 +18,9 @@ from toolkit.calibrating import fit_answers, tuned_threshold
 from toolkit.calibration import Calibration, CalibrationError
 from toolkit.config import QAConfig, TrainConfig
 from toolkit.features import Features, build_features, check_config
+from toolkit.inference.loading import EngineSpec, load_engine
 from toolkit.runtime import package_versions, peak_rss_mb
+from toolkit.training import distill
 from toolkit.training.reports import print_row, table_row, table_rows, training_speed, write_manifest, write_reports
 from toolkit.training.trainer import (
     CadenceCallback,
@@ -100,6 +102,33 @@ def load_data(cfg: TrainConfig, tokenizer) -> RunData:
           f"eval: {len(eval_examples)} questions -> {len(evalset.features)} windows", file=sys.stderr)
     return RunData(train_examples, train_features, evalset, {"train": train_reports, "eval": eval_reports},
                    {"train": long_train, "eval": long_eval})
+
+
+def distill_settings(cfg: TrainConfig) -> distill.DistillSettings | None:
+    """The distillation settings, checked before anything is loaded; None without a teacher."""
+    settings = distill.DistillSettings(cfg.distill_alpha, cfg.distill_temperature)
+    if cfg.teacher is None:
+        if settings != distill.DistillSettings():
+            raise TrainError("--distill-alpha and --distill-temperature need a --teacher")
+        return None
+    settings.check()
+    if not Path(cfg.teacher).is_dir():
+        raise TrainError(f"--teacher {cfg.teacher}: no such model directory")
+    return settings
+
+
+def attach_teacher(cfg: TrainConfig, run_data: RunData, rows: list[dict], settings: distill.DistillSettings) -> dict:
+    """Adds the teacher's target logits to each training row; returns the record of the teacher."""
+    started = time.perf_counter()
+    teacher = load_engine(EngineSpec(model=cfg.teacher))
+    examples = run_data.train_examples
+    start, end = distill.targets(teacher, [e.question for e in examples], [e.context for e in examples],
+                                 run_data.train_features)
+    for row, s, e in zip(rows, start, end):
+        row[distill.TARGET_KEYS[0]], row[distill.TARGET_KEYS[1]] = s, e
+    return {"path": str(Path(cfg.teacher).resolve()), "base_model": teacher.served().qa.base_model,
+            "source": teacher.source, "alpha": settings.alpha, "temperature": settings.temperature,
+            "seconds": time.perf_counter() - started}
 
 
 def build_model(cfg: TrainConfig):
@@ -188,6 +217,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
     out = Path(cfg.output_dir)
     args = training_arguments(cfg, out / "checkpoints")  # under a launcher: joins the process group
     check_resume(cfg, out, resume)
+    distilling = distill_settings(cfg)
     if args.world_size > 1:
         torch.distributed.barrier()  # every process has checked the run directory before the first writes to it
     main_process = args.process_index == 0
@@ -200,11 +230,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    train_rows = run_data.train_features.rows()
+    teacher = attach_teacher(cfg, run_data, train_rows, distilling) if distilling else None
     table = TableCallback()
     trainer = QATrainer(
-        model=model, args=args, train_dataset=run_data.train_features.rows(), eval_dataset=evalset.rows(),
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-        compute_metrics=evalset.compute_metrics, callbacks=[table, CadenceCallback()])
+        model=model, args=args, train_dataset=train_rows, eval_dataset=evalset.rows(),
+        data_collator=distill.DistillCollator(DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)),
+        compute_metrics=evalset.compute_metrics, callbacks=[table, CadenceCallback()], distill=distilling)
     result = trainer.train(resume_from_checkpoint=str(latest_checkpoint(out / "checkpoints")) if resume else None)
     rows = final_rows(trainer, evalset, main_process)
     if not main_process:
@@ -218,7 +250,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     mixed = precision(cfg)
     manifest = {
-        "config": dataclasses.asdict(cfg), "resumed": resume, "init_adapter": init,
+        "config": dataclasses.asdict(cfg), "resumed": resume, "init_adapter": init, "teacher": teacher,
         "sources": {kind: [dataclasses.asdict(r) for r in reports] for kind, reports in run_data.reports.items()},
         "counts": {"train_examples": len(run_data.train_examples), "train_features": len(run_data.train_features),
                    "eval_examples": len(evalset.examples), "eval_features": len(evalset.features),

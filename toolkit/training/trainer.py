@@ -16,6 +16,7 @@ from toolkit.features import build_features, question_lengths
 from toolkit.postprocess import Decoding, answer_all
 from toolkit.runtime import native_bf16
 from toolkit.scoring import position_metrics, squad_scores
+from toolkit.training.distill import TARGET_KEYS, DistillSettings, distill_loss
 from toolkit.training.reports import print_row, table_row
 
 
@@ -28,7 +29,21 @@ class QATrainer(Trainer):
 
     transformers 4.57 hands the eval set a LengthGroupedSampler too when group_by_length is on, which
     returns logits in a shuffled order; EvalSet gives its windows already sorted by length instead.
+    With ``distill`` settings, training batches that carry a teacher's target logits are trained on the gold
+    labels and the teacher's distributions together (toolkit.training.distill).
     """
+
+    def __init__(self, *args, distill: DistillSettings | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.distill = distill
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.distill is None or TARGET_KEYS[0] not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        teacher_start, teacher_end = (inputs.pop(key) for key in TARGET_KEYS)
+        outputs = model(**inputs)
+        loss = distill_loss(outputs, teacher_start, teacher_end, self.distill)
+        return (loss, outputs) if return_outputs else loss
 
     def _get_eval_sampler(self, eval_dataset):
         return SequentialSampler(eval_dataset)
