@@ -56,6 +56,11 @@ def int8_vnni() -> bool:
     return bool(VNNI_FLAGS & cpu_flags())
 
 
+def amx() -> bool:
+    """Intel AMX tiles (bf16 and int8 matmuls), which OpenVINO's bf16 and int8 variants use."""
+    return any(f.startswith("amx") for f in cpu_flags())
+
+
 def cpu_features() -> list[str]:
     """The CPU features the inference variants' speed and numerics depend on, as named in /proc/cpuinfo."""
     return sorted(f for f in cpu_flags() if f in INFERENCE_FLAGS or f.startswith("amx"))
@@ -92,7 +97,7 @@ def machine_info(threads: int) -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu": cpu_name(), "physical_cores": psutil.cpu_count(logical=False), "logical_cores": psutil.cpu_count(),
             "memory_gb": round(psutil.virtual_memory().total / 2 ** 30, 1), "threads": threads,
-            "native_bf16": native_bf16(), "int8_vnni": int8_vnni(), "cuda": cuda_available()}
+            "native_bf16": native_bf16(), "int8_vnni": int8_vnni(), "amx": amx(), "cuda": cuda_available()}
     import torch
 
     if torch.cuda.is_available():  # a GPU torch can use, with or without ONNX Runtime's CUDA provider ("cuda")

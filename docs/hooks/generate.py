@@ -105,7 +105,8 @@ def machine_text(machine) -> str:
         parts.append(f"{machine['memory_gb']} GB")
     if machine.get("threads"):
         parts.append(f"{machine['threads']} threads")
-    features = [name for key, name in (("native_bf16", "native bf16"), ("int8_vnni", "VNNI")) if machine.get(key)]
+    features = [name for key, name in (("native_bf16", "native bf16"), ("int8_vnni", "VNNI"), ("amx", "AMX"))
+                if machine.get(key)]
     if features:
         parts.append(", ".join(features))
     parts.append(f"GPU {machine['gpu']}" if machine.get("gpu") else "no GPU")

@@ -31,7 +31,8 @@ def invocation() -> str:
 def machine_line(results: dict) -> str:
     """The machine in one line, for the head of every table (CPU named, as every table must)."""
     m = results["machine"]
-    features = ", ".join(f for f, on in (("native bf16", m.get("native_bf16")), ("VNNI", m.get("int8_vnni"))) if on)
+    features = ", ".join(f for f, on in (("native bf16", m.get("native_bf16")), ("VNNI", m.get("int8_vnni")),
+                                         ("AMX", m.get("amx"))) if on)
     return (f"Machine: {m.get('cpu') or m['processor']} ({features or 'AVX2-class: no native bf16, no VNNI'}), "
             f"{m['physical_cores']} physical cores, {m['memory_gb']} GB, {m['threads']} threads"
             + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU") + ".")
