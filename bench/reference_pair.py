@@ -4,6 +4,8 @@ the questions per second are measured on the same box, one model after the other
 
     python bench/reference_pair.py --fast models/minilm-squad2-lora/export --accurate models/mpnet-squad2-lora/export
 
+--distilled adds a third row: a fast model distilled from the accurate one (`train --teacher`), in the same run.
+
 Sets: the 7 held-out SQuAD 2.0 slice articles (tuned threshold) and SQuAD v1.1 dev without the 19 training
 articles (best span). Writes bench/results/<name>/results.json and results.md.
 """
@@ -44,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", required=True, help="the MiniLM export directory (merged/ + onnx/)")
     parser.add_argument("--accurate", required=True, help="the MPNet export directory")
+    parser.add_argument("--distilled", help="optional: the export of a fast model distilled from the accurate one")
     parser.add_argument("--v11-samples", type=int, help="seeded subset of the 7,532 v1.1 dev questions")
     parser.add_argument("--name", default="reference-pair")
     parser.add_argument("--results-dir", default="bench/results")
@@ -53,7 +56,8 @@ def main() -> None:
     sets = {"slice-heldout": SLICE_HELDOUT, "v1.1-dev-29": v11}
     work = Path("models") / f"{args.name}-work"  # answer files: git-ignored
     work.mkdir(parents=True, exist_ok=True)
-    rows = {"fast": run(Path(args.fast), "fast", sets, work), "accurate": run(Path(args.accurate), "accurate", sets, work)}
+    exports = {"fast": args.fast, **({"distilled": args.distilled} if args.distilled else {}), "accurate": args.accurate}
+    rows = {name: run(Path(export), name, sets, work) for name, export in exports.items()}
     results = {**stamp(args.name, default_threads()), "sets": sets, "rows": rows}
     lines = [f"# The fast and the accurate reference, {results['date']}", "", machine_line(results), "",
              "serve-batch with each export's default CPU variant, one model after the other on the same questions; "
@@ -68,6 +72,11 @@ def main() -> None:
     fast, accurate = rows["fast"]["slice-heldout"], rows["accurate"]["slice-heldout"]
     lines += ["", f"Accurate vs fast: {accurate['f1'] - fast['f1']:+.2f} F1 on the slice, "
               f"{fast['questions_per_second'] / accurate['questions_per_second']:.1f}x the cost per question."]
+    if args.distilled:
+        distilled = rows["distilled"]["slice-heldout"]
+        lines.append(f"Distilled vs fast: {distilled['f1'] - fast['f1']:+.2f} F1 and {distilled['exact'] - fast['exact']:+.2f} "
+                     f"EM on the slice, {rows['distilled']['v1.1-dev-29']['f1'] - rows['fast']['v1.1-dev-29']['f1']:+.2f} "
+                     "best-span F1 on v1.1.")
     write_results(args.results_dir, results, "\n".join(lines))
     print("\n".join(lines))
 

@@ -117,6 +117,7 @@ def test_training_with_a_teacher_of_another_architecture(tiny_bert, trained_dist
     manifest = json.loads((taught / "manifest.json").read_text())
     assert manifest["teacher"]["path"] == str(teacher.resolve()) and manifest["teacher"]["alpha"] == 1.0
     assert manifest["teacher"]["base_model"] == str(QAConfig.load(teacher).base_model)
+    assert manifest["teacher"]["variant"] == "torch-fp32"  # an adapter directory is answered by PyTorch
     assert "Distilled from the teacher" in (taught / "adapter" / "README.md").read_text()
     a, b = (load_file(str(d / "adapter" / "adapter_model.safetensors")) for d in (plain, taught))
     assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)

@@ -127,7 +127,7 @@ def attach_teacher(cfg: TrainConfig, run_data: RunData, rows: list[dict], settin
     for row, s, e in zip(rows, start, end):
         row[distill.TARGET_KEYS[0]], row[distill.TARGET_KEYS[1]] = s, e
     return {"path": str(Path(cfg.teacher).resolve()), "base_model": teacher.served().qa.base_model,
-            "source": teacher.source, "alpha": settings.alpha, "temperature": settings.temperature,
+            "variant": teacher.served().predictor.variant, "source": teacher.source, "alpha": settings.alpha, "temperature": settings.temperature,
             "seconds": time.perf_counter() - started}
 
 
