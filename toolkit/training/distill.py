@@ -126,9 +126,9 @@ class DistillCollator:
 
 def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean over the batch of KL(teacher_T || student_T), summed over the positions the teacher gives mass."""
-    target = torch.softmax(teacher_logits / temperature, dim=-1)
-    log_student = torch.log_softmax(student_logits.float() / temperature, dim=-1)
     log_target = torch.log_softmax(teacher_logits / temperature, dim=-1)
+    target = log_target.exp()
+    log_student = torch.log_softmax(student_logits.float() / temperature, dim=-1)
     mass = target > 0
     kl = torch.where(mass, target * (log_target - log_student), torch.zeros_like(target))
     return kl.sum(dim=-1).mean()

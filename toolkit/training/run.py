@@ -127,8 +127,8 @@ def attach_teacher(cfg: TrainConfig, run_data: RunData, rows: list[dict], settin
     for row, s, e in zip(rows, start, end):
         row[distill.TARGET_KEYS[0]], row[distill.TARGET_KEYS[1]] = s, e
     return {"path": str(Path(cfg.teacher).resolve()), "base_model": teacher.served().qa.base_model,
-            "variant": teacher.served().predictor.variant, "source": teacher.source, "alpha": settings.alpha, "temperature": settings.temperature,
-            "seconds": time.perf_counter() - started}
+            "variant": teacher.served().predictor.variant, "source": teacher.source, "alpha": settings.alpha,
+            "temperature": settings.temperature, "seconds": time.perf_counter() - started}
 
 
 def build_model(cfg: TrainConfig):
