@@ -3,6 +3,12 @@ with the uncalibrated fallback, `calibrate` fits Platt scaling (and, for compari
 threshold-tuning questions, serve-batch answers again, and `score` reports ECE and draws the reliability diagrams.
 
     python bench/calibration.py --adapter models/minilm-squad2-lora/adapter --name calibration-minilm-squad2 [--write]
+    python bench/calibration.py --adapter models/mpnet-squad2-lora/adapter --served-by models/mpnet-squad2-lora/export \
+        --name calibration-mpnet-squad2-lora [--write]
+
+The fit always uses the adapter's fp32 weights; --served-by answers the held-out sets with the adapter's export (its
+default CPU variant, as serve-batch would) instead of PyTorch fp32: what a user of the export is served, and for a
+large base several times faster. The export is not copied: its files are linked, with the calibration swapped in.
 
 --write stores the fitted calibration in the adapter's qa_config.json (the shipped adapters are refitted so), and
 the held-out figures and the reliability diagram in its model card (README.md, reports/reliability.png).
@@ -23,7 +29,7 @@ from toolkit.benchmarking.results import machine_line, stamp, write_results
 from toolkit.benchmarking.sets import SLICE_HELDOUT, SLICE_TUNE, V11_DEV_29
 from toolkit.calibrating import CARD_SECTION, calibrate_model, write_card_section
 from toolkit.calibration import expected_calibration_error
-from toolkit.config import QAConfig
+from toolkit.config import QA_CONFIG_FILE, QAConfig
 from toolkit.runtime import default_threads
 from toolkit.scoring import score_answer_file
 from toolkit.serving import serve_batch
@@ -37,11 +43,30 @@ def answer_and_score(model_dir: Path, source: str, work: Path, tag: str, png: Pa
     if not questions.exists():
         data.write_jsonl(examples, questions)
     answers = work / f"{tag}.answers.jsonl"
-    serve_batch(load(model_dir, device="cpu"), str(questions), str(answers), progress=False)
+    engine = load(model_dir, device="cpu")
+    serve_batch(engine, str(questions), str(answers), progress=False)
     scores = score_answer_file(str(answers), data.references(examples), reliability_png=str(png))
+    scores["variant"] = engine.served().predictor.variant
     rows = [json.loads(line) for line in answers.read_text().splitlines()]
     scores["temperature_only_no_answer_ece"] = temperature_ece(rows, examples)
     return scores
+
+
+def served_by(export: Path, adapter: Path, into: Path) -> Path:
+    """The export's onnx/ directory as links to its files, with qa_config.json carrying the adapter's calibration
+    (as the adapter stands now: none before the fit, the fit after it)."""
+    onnx, qa = export / "onnx", QAConfig.load(adapter)
+    exported = QAConfig.load(onnx)
+    if (exported.base_model, exported.null_threshold) != (qa.base_model, qa.null_threshold):
+        raise SystemExit(f"--served-by {export} was not exported from {adapter}: base or tuned threshold differs")
+    if into.exists():
+        shutil.rmtree(into)
+    into.mkdir()
+    for path in onnx.iterdir():
+        if path.name != QA_CONFIG_FILE:
+            (into / path.name).symlink_to(path.resolve())
+    dataclasses.replace(exported, calibration=qa.calibration).save(into)
+    return into
 
 
 def temperature_ece(rows: list[dict], examples) -> float | None:
@@ -59,6 +84,8 @@ def temperature_ece(rows: list[dict], examples) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", required=True, help="an adapter directory (fp32 PyTorch engine)")
+    parser.add_argument("--served-by", type=Path, help="answer the held-out sets with this export of the adapter "
+                        "(its default CPU variant) instead of PyTorch fp32")
     parser.add_argument("--fit-on", default=SLICE_TUNE)
     parser.add_argument("--name", required=True)
     parser.add_argument("--results-dir", default="bench/results")
@@ -73,18 +100,22 @@ def main() -> None:
         qa = QAConfig.load(model)
         qa = dataclasses.replace(qa, calibration=None)  # the fallback every model had before calibration
         qa.save(model)
-        before = {name: answer_and_score(model, src, Path(tmp), f"{name}-before", out / f"reliability-before-{name}.png")
-                  for name, src in SETS.items()}
+        answering = served_by(args.served_by, model, Path(tmp) / "served") if args.served_by else model
+        before = {name: answer_and_score(answering, src, Path(tmp), f"{name}-before",
+                                         out / f"reliability-before-{name}.png") for name, src in SETS.items()}
         fitted = calibrate_model(str(model), args.fit_on)
-        after = {name: answer_and_score(model, src, Path(tmp), f"{name}-after", out / f"reliability-after-{name}.png")
-                 for name, src in SETS.items()}
+        answering = served_by(args.served_by, model, Path(tmp) / "served") if args.served_by else model
+        after = {name: answer_and_score(answering, src, Path(tmp), f"{name}-after",
+                                        out / f"reliability-after-{name}.png") for name, src in SETS.items()}
         if args.write:
             shutil.copy(model / "qa_config.json", Path(args.adapter) / "qa_config.json")
-    results = {**stamp(args.name, default_threads()), "adapter": args.adapter, "fit": fitted, "sets": SETS,
-               "before": before, "after": after}
+    served = f"{args.served_by} (its default CPU variant, {before[next(iter(SETS))]['variant']})" if args.served_by \
+        else "PyTorch fp32"
+    results = {**stamp(args.name, default_threads()), "adapter": args.adapter, "served_by": served, "fit": fitted,
+               "sets": SETS, "before": before, "after": after}
     lines = [f"# Calibration of {args.adapter}, {results['date']}", "", machine_line(results), "",
-             f"Platt scaling fitted on {args.fit_on} ({fitted['questions']} questions); answers by serve-batch (PyTorch "
-             "fp32), scored by `qa-toolkit score` (ECE: 10 equal-width bins). 'score' is each line's probability "
+             f"Platt scaling fitted on {args.fit_on} ({fitted['questions']} questions, PyTorch fp32); answers by "
+             f"serve-batch ({served}), scored by `qa-toolkit score` (ECE: 10 equal-width bins). 'score' is each line's probability "
              "that its answer (or its 'no answer') is exactly right.", "",
              "| set | questions | EM | F1 | no-answer ECE before | after | temperature-only (fit on the set) | "
              "score ECE before | after | contradicting lines before | after |", "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -13,33 +13,10 @@ articles (best span). Writes bench/results/<name>/results.json and results.md.
 import argparse
 from pathlib import Path
 
-from toolkit import data, load
 from toolkit.benchmarking.results import machine_line, stamp, write_results
+from toolkit.benchmarking.served import serve_and_score
 from toolkit.benchmarking.sets import SLICE_HELDOUT, V11_DEV_29
 from toolkit.runtime import default_threads
-from toolkit.scoring import score_answer_file
-from toolkit.serving import serve_batch
-
-
-def run(export: Path, name: str, sets: dict[str, str], work: Path) -> dict:
-    engine = load(export / "onnx", device="cpu")
-    variant = engine.served().predictor.variant
-    out = {"export": str(export), "variant": variant}
-    for set_name, source in sets.items():
-        examples, _ = data.load_examples([source], data.default_cache_dir(), 42, None, "validation")
-        questions = work / f"{set_name}.jsonl"
-        if not questions.exists():
-            data.write_jsonl(examples, questions)
-        answers = work / f"{name}-{set_name}.answers.jsonl"
-        summary = serve_batch(engine, str(questions), str(answers), progress=False)
-        refs = data.references(examples)
-        scores = score_answer_file(str(answers), refs, best_span=set_name.startswith("v1.1"))
-        out[set_name] = {"questions": len(examples), "questions_per_second": summary.questions_per_second,
-                         **{k: scores.get(k) for k in ("exact", "f1", "HasAns_f1", "NoAns_f1", "no_answer_auc")},
-                         "no_answer_ece": scores.get("calibration", {}).get("no_answer_ece"),
-                         "score_ece": scores.get("calibration", {}).get("score_ece")}
-        print(name, set_name, out[set_name], flush=True)
-    return out
 
 
 def main() -> None:
@@ -57,7 +34,7 @@ def main() -> None:
     work = Path("models") / f"{args.name}-work"  # answer files: git-ignored
     work.mkdir(parents=True, exist_ok=True)
     exports = {"fast": args.fast, **({"distilled": args.distilled} if args.distilled else {}), "accurate": args.accurate}
-    rows = {name: run(Path(export), name, sets, work) for name, export in exports.items()}
+    rows = {name: serve_and_score(Path(export), name, sets, work) for name, export in exports.items()}
     results = {**stamp(args.name, default_threads()), "sets": sets, "rows": rows}
     lines = [f"# The fast and the accurate reference, {results['date']}", "", machine_line(results), "",
              "serve-batch with each export's default CPU variant, one model after the other on the same questions; "

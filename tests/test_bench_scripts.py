@@ -1,6 +1,8 @@
 """The scripts under bench/ kept runnable: each one starts (its imports and arguments), and those that need only an
 export run end to end on the tiny model, writing their results JSON and table."""
 
+import dataclasses
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -8,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (ROOT / "bench").glob("*.py"))
@@ -63,3 +67,42 @@ def test_serve_load_overload_runs_and_sheds_nothing_it_accepted_late(export_copy
     overload = results_of(tmp_path, "t")["overload"]
     assert overload["sent"] > 0 and overload["wrong_answers"] == 0
     assert "504" not in overload["statuses"], overload["statuses"]
+
+
+def bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_calibration_served_by_links_the_export_with_the_adapters_calibration(trained_bert, exported_bert, tmp_path):
+    from toolkit.config import QAConfig
+
+    served_by = bench_module("calibration").served_by
+    adapter = Path(shutil.copytree(trained_bert / "adapter", tmp_path / "adapter"))
+    fitted = {"method": "platt", "no_answer": [1.5, -0.25], "answer": [0.1, 0.2, 0.3]}
+    QAConfig.save(dataclasses.replace(QAConfig.load(adapter), calibration=fitted), adapter)
+    served = served_by(exported_bert, adapter, tmp_path / "served")
+    assert QAConfig.load(served).calibration == fitted
+    assert QAConfig.load(exported_bert / "onnx").calibration != fitted  # the export itself is untouched
+    assert (served / "model.onnx").is_symlink() and not (served / "qa_config.json").is_symlink()
+    assert QAConfig.load(served).cpu_ranking == QAConfig.load(exported_bert / "onnx").cpu_ranking
+
+    QAConfig.save(dataclasses.replace(QAConfig.load(adapter), null_threshold=123.0), adapter)
+    with pytest.raises(SystemExit, match="was not exported from"):
+        served_by(exported_bert, adapter, tmp_path / "served")
+
+
+def test_one_budget_names_what_a_run_lacks(trained_bert, exported_bert, tiny_bert, files, tmp_path):
+    exports = bench_module("one_budget").exports
+    with pytest.raises(SystemExit, match="did not continue an adapter"):
+        exports(trained_bert)
+    continued = tmp_path / "continued"
+    result = run_train(tiny_bert, files, continued, "--init-adapter", str(trained_bert / "adapter"))
+    assert result.exit_code == 0, result.output
+    with pytest.raises(SystemExit, match=f"{continued / 'export'}: no export"):
+        exports(continued)
+    shutil.copytree(exported_bert, continued / "export")
+    manifest, before, after = exports(continued)
+    assert (before, after) == (exported_bert, continued / "export") and manifest["timing"]["global_step"] > 0
