@@ -142,8 +142,8 @@ def card_section(results: dict, table: list[str]) -> str:
         f"`no_answer_probability` and each answer's `score` are calibrated by Platt scaling, fitted on "
         f"{fit['questions']} questions of {fit['fitted_on']} (the threshold-tuning articles) and stored in "
         "qa_config.json. \"No answer\" is decided as no_answer_probability > no_answer_threshold (the tuned threshold "
-        "as a probability), so the number and the decision never contradict. Measured on held-out questions "
-        f"({results['date']}, bench/results/{results['name']}):", "", *table[6:-2], "",
+        "as a probability), so the number and the decision never contradict. Measured on held-out questions, answered "
+        f"by {results['served_by']} ({results['date']}, bench/results/{results['name']}):", "", *table[6:-2], "",
         "The fit is for SQuAD 2.0's mix (about half the questions unanswerable): where every question has an answer "
         "(SQuAD v1.1) the no-answer probability runs high, a shift in the base rate rather than in the scores.", "",
         "Reliability diagram (7 held-out slice articles, after calibration): ../reports/reliability.png", ""])
