@@ -16,8 +16,7 @@ import json
 from pathlib import Path
 
 from toolkit.benchmarking.results import machine_line, stamp, write_results
-from toolkit.benchmarking.served import serve_and_score
-from toolkit.benchmarking.sets import SLICE_HELDOUT, V11_DEV_29
+from toolkit.benchmarking.served import held_out_sets, serve_and_score, work_dir
 from toolkit.runtime import default_threads
 
 
@@ -34,8 +33,8 @@ def exports(run: Path) -> tuple[dict, Path, Path]:
     return manifest, before, after
 
 
-def row(name: str, manifest: dict, before: dict, after: dict) -> str:
-    timing, b, a = manifest["timing"], before["slice-heldout"], after["slice-heldout"]
+def row(name: str, timing: dict, before: dict, after: dict) -> str:
+    b, a = before["slice-heldout"], after["slice-heldout"]
     return (f"| {name} | {timing['global_step']:,} | {timing['train_seconds_excluding_eval'] / 60:.1f} | "
             f"{timing['seconds_per_step']:.2f} | {b['exact']:.2f} / {b['f1']:.2f} | **{a['exact']:.2f} / {a['f1']:.2f}** "
             f"| {a['f1'] - b['f1']:+.2f} | {b['no_answer_auc']:.1f} -> {a['no_answer_auc']:.1f} | "
@@ -51,10 +50,7 @@ def main() -> None:
     parser.add_argument("--results-dir", default="bench/results")
     args = parser.parse_args()
 
-    v11 = V11_DEV_29 + (f"&samples={args.v11_samples}" if args.v11_samples else "")
-    sets = {"slice-heldout": SLICE_HELDOUT, "v1.1-dev-29": v11}
-    work = Path("models") / f"{args.name}-work"  # answer files: git-ignored
-    work.mkdir(parents=True, exist_ok=True)
+    sets, work = held_out_sets(args.v11_samples), work_dir(args.name)
     runs = {}
     for run in args.run:
         manifest, before, after = exports(run)
@@ -69,7 +65,7 @@ def main() -> None:
              "| run | steps | training min | s/step | held-out EM / F1 before | after | ΔF1 | no-answer AUC | "
              "v1.1 best-span F1 | variant | q/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
-        lines.append(row(name, {"timing": r["manifest_timing"]}, r["before"], r["after"]))
+        lines.append(row(name, r["manifest_timing"], r["before"], r["after"]))
     write_results(args.results_dir, results, "\n".join(lines))
     print("\n".join(lines))
 

@@ -14,8 +14,7 @@ import argparse
 from pathlib import Path
 
 from toolkit.benchmarking.results import machine_line, stamp, write_results
-from toolkit.benchmarking.served import serve_and_score
-from toolkit.benchmarking.sets import SLICE_HELDOUT, V11_DEV_29
+from toolkit.benchmarking.served import held_out_sets, serve_and_score, work_dir
 from toolkit.runtime import default_threads
 
 
@@ -29,10 +28,7 @@ def main() -> None:
     parser.add_argument("--results-dir", default="bench/results")
     args = parser.parse_args()
 
-    v11 = V11_DEV_29 + (f"&samples={args.v11_samples}" if args.v11_samples else "")
-    sets = {"slice-heldout": SLICE_HELDOUT, "v1.1-dev-29": v11}
-    work = Path("models") / f"{args.name}-work"  # answer files: git-ignored
-    work.mkdir(parents=True, exist_ok=True)
+    sets, work = held_out_sets(args.v11_samples), work_dir(args.name)
     exports = {"fast": args.fast, **({"distilled": args.distilled} if args.distilled else {}), "accurate": args.accurate}
     rows = {name: serve_and_score(Path(export), name, sets, work) for name, export in exports.items()}
     results = {**stamp(args.name, default_threads()), "sets": sets, "rows": rows}

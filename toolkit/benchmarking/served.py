@@ -4,8 +4,21 @@ variant over each set, each output file scored with `qa-toolkit score` (v1.1 set
 from pathlib import Path
 
 from toolkit import data, load
+from toolkit.benchmarking.sets import SLICE_HELDOUT, V11_DEV_29
 from toolkit.scoring import score_answer_file
 from toolkit.serving import serve_batch
+
+
+def held_out_sets(v11_samples: int | None) -> dict[str, str]:
+    """The 7 held-out slice articles and SQuAD v1.1 dev without the 19 training articles (a seeded subset of it)."""
+    return {"slice-heldout": SLICE_HELDOUT, "v1.1-dev-29": V11_DEV_29 + (f"&samples={v11_samples}" if v11_samples else "")}
+
+
+def work_dir(name: str) -> Path:
+    """models/<name>-work: where a comparison's questions and answer files go (git-ignored)."""
+    work = Path("models") / f"{name}-work"
+    work.mkdir(parents=True, exist_ok=True)
+    return work
 
 
 def serve_and_score(export: Path, name: str, sets: dict[str, str], work: Path) -> dict:
