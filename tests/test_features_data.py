@@ -151,9 +151,9 @@ def test_mirror_is_verified(tmp_path, monkeypatch):
     target = tmp_path / "squad-v1.1" / "dev-v1.1.json"
     target.parent.mkdir(parents=True)
     target.write_text("{}")
-    from toolkit.data import sources
+    from toolkit.data import builtin
 
-    monkeypatch.setattr(sources, "MIRROR_PACKAGE", "qa-toolkit-no-such-package-xyz==0.0.0")
+    monkeypatch.setattr(builtin, "MIRROR_PACKAGE", "qa-toolkit-no-such-package-xyz==0.0.0")
     with pytest.raises(data.DataError, match="could not download"):
         data.mirror_file("squad-v1.1-dev", tmp_path)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from toolkit.data.sources import sha256_file
+from toolkit.cache import sha256_file
 
 HUB_HOST = "huggingface.co"
 VERIFIED = ".verified"  # written into a base's folder last, holding the weights' sha256

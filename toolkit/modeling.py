@@ -9,8 +9,8 @@ from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenize
 from transformers.utils import logging as hf_logging
 
 from toolkit.bases import BaseFetchError, resolve_offline
+from toolkit.cache import default_cache_dir
 from toolkit.config import DEFAULT_MODEL, DEFAULT_MODEL_HUB_ID, QAConfig
-from toolkit.data.sources import default_cache_dir
 
 # The attention query/key/value/output projections, by model_type.
 LORA_TARGETS = {

