@@ -30,6 +30,7 @@ from transformers import DataCollatorWithPadding, TrainingArguments
 
 from toolkit import data, modeling
 from toolkit.benchmarking.results import machine_line, qa_command, stamp, write_results
+from toolkit.benchmarking.sets import SLICE_HELDOUT, SLICE_TUNE
 from toolkit.config import TrainConfig
 from toolkit.features import build_features
 from toolkit.inference.padding import batches, pad_batch
@@ -38,11 +39,7 @@ from toolkit.scoring import best_null_threshold, no_answer_auc, squad_scores
 from toolkit.training.run import build_model, load_data, save_model
 from toolkit.training.trainer import QATrainer, precision
 
-SHARED = "../shared/data"
-TUNING = "Huguenot,European_Union_law,Yuan_dynasty"
-SETS = {"fit": (f"{SHARED}/squad2-dev-train-articles.json", 2500),
-        "tune": (f"{SHARED}/squad2-dev-slice.json?articles={TUNING}", None),
-        "eval": (f"{SHARED}/squad2-dev-slice.json?exclude-articles={TUNING}", None)}
+SETS = {"fit": ("squad2-dev-train", 2500), "tune": (SLICE_TUNE, None), "eval": (SLICE_HELDOUT, None)}
 SHIPPED = "models/minilm-squad2-lora/adapter"
 HEAD_FILE = "answerability.pt"
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from toolkit import data
 from toolkit.benchmarking.results import machine_line, stamp, write_results
+from toolkit.benchmarking.sets import SLICE_HELDOUT
 from toolkit.calibration import from_config
 from toolkit.config import QAConfig
 from toolkit.features import build_features
@@ -30,7 +31,6 @@ from toolkit.options import DEFAULT_OPTIONS
 from toolkit.postprocess import answer_all
 from toolkit.runtime import default_threads
 
-HELD_OUT = "../shared/data/squad2-dev-slice.json?exclude-articles=Huguenot,European_Union_law,Yuan_dynasty"
 VARIANTS = ("int8", "ov-bf16", "ov-int8", "ov-int8-bf16")
 BATCHES = (4, 8, 16, 32)
 BUDGETS = (4096, 8192, 16384)
@@ -172,7 +172,7 @@ def main() -> None:
     onnx_dir = Path(args.export) / "onnx"
     threads = default_threads()
     qa, tokenizer = QAConfig.load(onnx_dir), load_tokenizer(str(onnx_dir))
-    examples, _ = data.load_examples([HELD_OUT], data.default_cache_dir(), 42, args.samples, "validation")
+    examples, _ = data.load_examples([SLICE_HELDOUT], data.default_cache_dir(), 42, args.samples, "validation")
     features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
     variants = [v for v in VARIANTS if REGISTRY[v].unusable() is None]
     pad = tokenizer.pad_token_id

@@ -17,6 +17,7 @@ from pathlib import Path
 from toolkit import data
 from toolkit.benchmarking.inference import accuracy_pass
 from toolkit.benchmarking.results import machine_line, stamp, write_results
+from toolkit.benchmarking.sets import SLICE_HELDOUT
 from toolkit.config import QAConfig
 from toolkit.exporting.common import calibration_windows
 from toolkit.exporting.variants import quantize_int8
@@ -87,8 +88,7 @@ def build(onnx_dir: Path, work: Path, calibration: list[dict], log) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", required=True, help="export directory (merged/ + onnx/)")
-    parser.add_argument("--eval-file", default="../shared/data/squad2-dev-slice.json?exclude-articles="
-                                                "Huguenot,European_Union_law,Yuan_dynasty")
+    parser.add_argument("--eval-file", default=SLICE_HELDOUT)
     parser.add_argument("--samples", type=int, help="seeded subset of the eval questions (default: all)")
     parser.add_argument("--calibration-file", default="squad-v1.1-train?samples=128")
     parser.add_argument("--name", default="int8-variants-cpu")

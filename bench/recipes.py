@@ -17,12 +17,12 @@ from pathlib import Path
 from toolkit import data, load
 from toolkit.benchmarking.results import qa_command, stamp
 from toolkit.benchmarking.results import write_results as write_bench
+from toolkit.benchmarking.sets import SLICE_TUNE
 from toolkit.runtime import default_threads
 from toolkit.scoring import score_answer_file
 from toolkit.serving import serve_batch
 
-SLICE = "../shared/data/squad2-dev-slice.json"
-EVAL = f"{SLICE}?articles=Huguenot,European_Union_law,Yuan_dynasty"
+EVAL = SLICE_TUNE
 RECIPES = {
     "seed: LoRA r16/a32 attention, lr 3e-4": ("seed-lora-attn-r16-lr3e-4", ["--config", "configs/seed.json"]),
     "LoRA r32/a64 all linear, lr 1e-3": ("lora-all-r32-lr1e-3", ["--lora-targets", "all-linear", "--lora-r", "32",

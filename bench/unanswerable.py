@@ -21,13 +21,11 @@ from recipes import run, write_results
 
 from toolkit import data, load
 from toolkit.benchmarking.results import qa_command
+from toolkit.benchmarking.sets import SLICE_HELDOUT, SLICE_TUNE
 from toolkit.scoring import score_answer_file
 from toolkit.serving import serve_batch
 
-SHARED = "../shared/data"
-TUNE = f"{SHARED}/squad2-dev-slice.json?articles=Huguenot,European_Union_law,Yuan_dynasty"
-HELD_OUT = f"{SHARED}/squad2-dev-slice.json?exclude-articles=Huguenot,European_Union_law,Yuan_dynasty"
-ARTICLES = f"{SHARED}/squad2-dev-train-articles.json"
+ARTICLES = "squad2-dev-train"
 TRAIN_TITLES = ("Southern_California,Sky_(United_Kingdom),Victoria_(Australia),Oxygen,Amazon_rainforest,Ctenophora,"
                 "Fresno,_California,Black_Death,Geology,Pharmacy,Civil_disobedience,Construction,Private_school,"
                 "Jacksonville,_Florida,Economic_inequality,University_of_Chicago,"
@@ -52,7 +50,7 @@ def train(runs: Path, steps: int) -> None:
     for directory, flags in ROWS.values():
         if directory is None or (runs / directory / "manifest.json").exists():
             continue
-        command = [*qa_command(), "train", *flags, "--train-samples", str(steps * 8), "--eval-file", TUNE,
+        command = [*qa_command(), "train", *flags, "--train-samples", str(steps * 8), "--eval-file", SLICE_TUNE,
                    "--max-steps", str(steps), "--eval-steps", str(steps // 2), "--warmup-steps", "100",
                    "--output-dir", str(runs / directory)]
         with open(runs / f"{directory}.log", "w") as log:
@@ -76,7 +74,7 @@ def row(label: str, runs: Path, work: Path, v11_samples: int) -> dict:
     model_dir = SHIPPED if directory is None else runs / directory / "adapter"
     manifest = json.loads((model_dir / "manifest.json").read_text())
     print(f"{label}: serve-batch over the held-out articles and v1.1 dev", file=sys.stderr)
-    held_out = served_scores(model_dir, HELD_OUT, work)
+    held_out = served_scores(model_dir, SLICE_HELDOUT, work)
     v11 = served_scores(model_dir, V11_DEV, work, v11_samples)
     return {"row": label, "model": str(model_dir), "train_files": manifest["config"]["train_files"],
             "steps": manifest["timing"]["global_step"], "seconds_per_step": manifest["timing"]["seconds_per_step"],
@@ -100,7 +98,7 @@ def summarise(runs: Path, name: str, results_dir: Path, v11_samples: int = 2000)
                      f"{t['exact']:.2f} / {t['f1']:.2f} | {h['exact']:.2f} / {h['f1']:.2f} | {h['HasAns_f1']:.1f} | "
                      f"{h['NoAns_exact']:.1f} | {h['no_answer_auc']:.1f} | "
                      f"{r['v11_best_span_exact']:.2f} / {r['v11_best_span']:.2f} |")
-    write_results(results_dir / name, rows, lines, HELD_OUT)
+    write_results(results_dir / name, rows, lines, SLICE_HELDOUT)
 
 
 def main() -> None:

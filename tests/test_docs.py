@@ -6,8 +6,7 @@
 - The reference pages name every field serve-batch writes, every HTTP route and every Prometheus metric.
 - Every bash/python block of the getting-started page and the guides is marked: run by this test, or shown
   only (with a title that says so). The marked ones run as written, page by page (two pages at a time), each
-  page in a scratch copy of the checkout's root (the shipped adapters, configs/ and ../shared beside it), with
-  .venv/bin on the PATH.
+  page in a scratch copy of the checkout's root (the shipped adapters and configs/), with .venv/bin on the PATH.
 """
 
 import importlib.util
@@ -207,15 +206,13 @@ def test_jsonl_reference_names_every_field_serve_batch_writes(tmp_path):
 
 
 def scratch_checkout(base: Path) -> Path:
-    """A directory laid out like the checkout's root for the examples: the shipped adapters, configs/ and
-    ../shared (where it is beside the checkout) linked, everything the examples write kept apart."""
+    """A directory laid out like the checkout's root for the examples: the shipped adapters and configs/ linked,
+    everything the examples write kept apart."""
     work = base / "checkout"
     (work / "models").mkdir(parents=True)
     for run in ("minilm-squad2-lora", "minilm-squad-lora", "mpnet-squad2-lora"):
         (work / "models" / run).symlink_to(ROOT / "models" / run)
     (work / "configs").symlink_to(ROOT / "configs")
-    if (ROOT.parent / "shared").is_dir():
-        (base / "shared").symlink_to(ROOT.parent / "shared")
     return work
 
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 log = logging.getLogger("mkdocs.hooks.generate")
 
-HELD_OUT = '"../shared/data/squad2-dev-slice.json?exclude-articles=Huguenot,European_Union_law,Yuan_dynasty"'
+HELD_OUT = '"squad2-slice?split=heldout"'
 # The command that wrote each results directory whose results.json does not say it (newer ones record it).
 COMMANDS = {
     "adapters-cpu": "python bench/adapters.py",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from toolkit import modeling
 from toolkit.config import QAConfig
+from toolkit.data import DataError
 from toolkit.exporting.common import (
     ExportError,
     building,
@@ -28,6 +29,8 @@ from toolkit.features import build_features
 from toolkit.inference import VARIANTS, BatchSettings, Engine, TorchPredictor
 from toolkit.inference.variants import EXPORTED, cpu_candidates, cuda_default
 from toolkit.runtime import cpu_features, cpu_name
+
+CALIBRATION_FALLBACK = "squad-v1.1-train"  # int8 calibration where the run's own training source is not here
 
 
 @dataclass
@@ -119,12 +122,21 @@ def to_onnx(model, tokenizer, cfg: ExportConfig, onnx_dir: Path, calibration, lo
     return skipped
 
 
-def calibration(cfg: ExportConfig, train_manifest: dict, tokenizer, qa) -> list:
-    """Training windows for the static int8 variants: --calibration-file, else the run's first training source."""
+def calibration(cfg: ExportConfig, train_manifest: dict, tokenizer, qa, log) -> tuple[str | None, list]:
+    """(source, training windows) for the static int8 variants: --calibration-file, else the run's first training
+    source, else (where that cannot be read here: a file left on another machine) SQuAD v1.1 train."""
     if not any(VARIANTS[v].build == "openvino-int8" for v in cfg.variants):
-        return []
-    spec = cfg.calibration_file or (train_manifest.get("config", {}).get("train_files") or ["squad-v1.1-train"])[0]
-    return calibration_windows(tokenizer, qa, spec, cfg.calibration_samples, cfg.seed)
+        return None, []
+    spec = cfg.calibration_file or (train_manifest.get("config", {}).get("train_files") or [CALIBRATION_FALLBACK])[0]
+    try:
+        return spec, calibration_windows(tokenizer, qa, spec, cfg.calibration_samples, cfg.seed)
+    except DataError as e:
+        if cfg.calibration_file:
+            raise
+        log(f"calibration: the run's first training source cannot be read here ({e}); the static int8 variants "
+            f"are calibrated on {CALIBRATION_FALLBACK} instead (--calibration-file chooses another)")
+    return CALIBRATION_FALLBACK, calibration_windows(tokenizer, qa, CALIBRATION_FALLBACK, cfg.calibration_samples,
+                                                     cfg.seed)
 
 
 def check_variants(cfg: ExportConfig, onnx_dir: Path, skipped: dict, reference: dict, tokenizer, qa,
@@ -161,8 +173,10 @@ def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     spec, examples = parity_examples(cfg.eval_file, train_manifest, cfg.eval_samples, cfg.seed, cfg.cache_dir)
     features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
     log(f"parity set: {len(examples)} questions ({spec}) -> {len(features)} windows")
+    calibration_spec, windows = calibration(cfg, train_manifest, tokenizer, qa, log)
     manifest = {"source": cfg.adapter if cfg.merge else cfg.model, "config": dataclasses.asdict(cfg),
-                "parity_set": {"spec": spec, "questions": len(examples), "windows": len(features)}}
+                "parity_set": {"spec": spec, "questions": len(examples), "windows": len(features)},
+                "calibration_set": {"spec": calibration_spec, "windows": len(windows)}}
     with building(out) as work:
         if cfg.merge:
             model, manifest["merge_max_abs_logit_diff"] = merge_checked(model, tokenizer, qa, examples, features,
@@ -173,7 +187,7 @@ def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
                              "forced_f1": reference["forced"]["f1"]}
         onnx_dir = work / "onnx"
         built = time.perf_counter()
-        skipped = to_onnx(model, tokenizer, cfg, onnx_dir, calibration(cfg, train_manifest, tokenizer, qa), log)
+        skipped = to_onnx(model, tokenizer, cfg, onnx_dir, windows, log)
         manifest["onnx_build_seconds"] = time.perf_counter() - built
         variants = check_variants(cfg, onnx_dir, skipped, reference, tokenizer, qa, examples, features, log)
         passed = [name for name, result in variants.items() if result["passed"]]
