@@ -128,8 +128,8 @@ def test_gpu_check_refuses_clearly_without_a_gpu_and_its_data_loads(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: run bench/gpu_check.py itself")
-    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(tmp_path / "g")], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--payload", str(tmp_path), "--out",
+                           str(tmp_path / "g")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no CUDA GPU here" in done.stderr and not (tmp_path / "g").exists()
     import importlib.util
 

@@ -34,7 +34,7 @@ class Variant:
     file: str | None = None  # in the export's onnx/ directory; None: the merged PyTorch model beside it
     build: str | None = None  # how export makes the file (exporting.variants.BUILDERS); None: not exported
     batch_invariant: bool = True  # a window's answer never depends on what it is batched with
-    needs_native_bf16: bool = False  # elsewhere bf16 is emulated: slower, and not what was gated
+    needs_native_bf16: bool = False  # on a CPU without it bf16 is emulated: slower, and not what was gated
     peak: str = "fp32"  # the runtime.machine_peaks rate its matmuls are bounded by ("fp32": the faster fp32 one)
     cuda_preference: int = 0  # export's CUDA default: the passed variant with the highest
 
@@ -47,7 +47,7 @@ class Variant:
         device = device or self.devices[0]
         if device not in self.devices:
             return f"{self.name} runs on {' or '.join(self.devices)}, not {device}"
-        if self.needs_native_bf16 and not native_bf16():
+        if self.needs_native_bf16 and device == "cpu" and not native_bf16():
             return f"{self.name} needs a CPU with native bf16 (AVX512-BF16 or AMX); this one would emulate it"
         return self.runtime.missing(device)
 
@@ -135,7 +135,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             needs_native_bf16=True, peak="int8_u8s8_onnxruntime"),
     Variant("torch-fp32", TORCH, "fp32", ("cpu", "cuda")),
     Variant("torch-fp16", TORCH, "fp16", ("cuda",)),
-    Variant("torch-bf16", TORCH, "bf16", ("cpu",), needs_native_bf16=True, peak="bf16_torch"),
+    Variant("torch-bf16", TORCH, "bf16", ("cpu", "cuda"), needs_native_bf16=True, peak="bf16_torch"),
 )}
 EXPORTED = tuple(name for name, v in VARIANTS.items() if v.exported)
 TORCH_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.runtime is TORCH)
@@ -169,6 +169,8 @@ def listing(names: tuple[str, ...]) -> str:
     groups: dict[str, list[str]] = {}
     for name in names:
         v = VARIANTS[name]
-        where = "" if v.devices == ("cpu", "cuda") else f" ({'/'.join(v.devices)}{', native bf16' if v.needs_native_bf16 else ''})"
+        needs = ("native bf16" if v.devices == ("cpu",) else "native bf16 on cpu") if v.needs_native_bf16 else ""
+        where = ", ".join(filter(None, ("" if v.devices == ("cpu", "cuda") else "/".join(v.devices), needs)))
+        where = f" ({where})" if where else ""
         groups.setdefault(v.runtime.name, []).append(name + where)
     return "; ".join(f"{runtime}: {', '.join(items)}" for runtime, items in groups.items())
