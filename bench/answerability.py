@@ -81,7 +81,7 @@ def train_joint(cfg: TrainConfig, weight: float) -> None:
                            data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8))
     trainer.train()
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    adapter = save_model(model, tokenizer, cfg, 0.0, "", Path(cfg.output_dir))
+    adapter = save_model(model, tokenizer, cfg, threshold=0.0, tuned_on="", calibration=None, out=Path(cfg.output_dir))
     torch.save(model.answerability.state_dict(), adapter / HEAD_FILE)
 
 

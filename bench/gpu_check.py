@@ -128,7 +128,7 @@ def parity(engine, payload: Path, label: str, out: Path, references: dict) -> di
     cpu_path = payload / "answers" / f"{label}.cpu-fp32.jsonl"
     cpu, here = rows_of(cpu_path), rows_of(out)
     same_span = sum(here[q].get("best_span") == row.get("best_span") for q, row in cpu.items())
-    same_decision = sum((here[q].get("answer") is None) == (row.get("answer") is None) for q, row in cpu.items())
+    same_decision = sum(here[q].get("no_answer") == row.get("no_answer") for q, row in cpu.items())
     ours, theirs = score_answer_file(str(out), references), score_answer_file(str(cpu_path), references)
     return {"provider": summary.provider, "variant": summary.variant, "questions": len(cpu),
             "same_best_span": same_span / len(cpu), "same_decision": same_decision / len(cpu),

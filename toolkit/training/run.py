@@ -188,8 +188,8 @@ def tune_threshold(evalset: EvalSet) -> tuple[float, str, Calibration | None]:
     return tuned_threshold(evalset.examples, answers), "tuned on the eval set (max F1)", calibration
 
 
-def save_model(model, tokenizer, cfg: TrainConfig, threshold: float, tuned_on: str, calibration: Calibration | None,
-               out: Path) -> Path:
+def save_model(model, tokenizer, cfg: TrainConfig, *, threshold: float, tuned_on: str,
+               calibration: Calibration | None, out: Path) -> Path:
     qa = QAConfig(base_model=cfg.model, model_type=model.config.model_type,
                   max_length=cfg.max_length, doc_stride=cfg.doc_stride, max_question_tokens=cfg.max_question_tokens,
                   max_answer_length=cfg.max_answer_length, n_best=cfg.n_best, null_threshold=threshold,
@@ -242,8 +242,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict | None:
     if not main_process:
         return None
     threshold, how, calibration = tune_threshold(evalset)
-    model_dir = save_model(trainer.model, tokenizer, cfg, threshold, cfg.eval_file if evalset.has_unanswerable() else "",
-                           calibration, out)
+    model_dir = save_model(trainer.model, tokenizer, cfg, threshold=threshold, calibration=calibration, out=out,
+                           tuned_on=cfg.eval_file if evalset.has_unanswerable() else "")
     predictions = evalset.answers(*evalset.last_logits, threshold, calibration)
     write_reports(rows, {e.id: {"text": a.text, **dataclasses.asdict(a)} for e, a in zip(evalset.examples, predictions)},
                   out / "reports")
