@@ -106,3 +106,18 @@ def test_one_budget_names_what_a_run_lacks(trained_bert, exported_bert, tiny_ber
     shutil.copytree(exported_bert, continued / "export")
     manifest, before, after = exports(continued)
     assert (before, after) == (exported_bert, continued / "export") and manifest["timing"]["global_step"] > 0
+
+
+def test_gate_noise_gates_each_variant_on_disjoint_samples(export_copy, eval_file, tmp_path):
+    done = run_script("gate_noise.py", "--export", str(export_copy), "--variants", "fp32,int8", "--source",
+                      str(eval_file), "--samples", "3", "--splits", "2", "--results-dir", str(tmp_path), "--name", "t")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = results_of(tmp_path, "t")
+    assert len(results["results"]) == 2
+    for split in results["results"]:
+        fp32 = split["fp32"]  # the plain graph answers as PyTorch does: no change, a zero interval, decided
+        assert fp32["verdict"] == "pass" and fp32["delta_f1"] == 0 and fp32["intervals"]["delta_f1"] == [0.0, 0.0]
+        assert fp32["undecided"] == {} and split["int8"]["verdict"] in ("pass", "fail")
+    too_many = run_script("gate_noise.py", "--export", str(export_copy), "--variants", "fp32", "--source",
+                          str(eval_file), "--samples", "100", "--splits", "2", "--results-dir", str(tmp_path))
+    assert too_many.returncode != 0 and "fewer than 2 x 100" in too_many.stderr

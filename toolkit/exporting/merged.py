@@ -151,7 +151,7 @@ def check_variants(cfg: ExportConfig, onnx_dir: Path, skipped: dict, reference: 
         device = variant.devices[0]  # the variant batched as it will serve
         predictor = variant.predictor(onnx_dir, device)
         result = parity(reference, Engine.single(predictor, tokenizer, qa, variant.batch_settings(device)),
-                        examples, features)
+                        examples, features, max_drop=cfg.max_drop)
         file = variant.file
         result.update(file=file, size_bytes=size_bytes(onnx_dir / file), provider=predictor.provider)
         reason = gate(result, cfg.max_drop)

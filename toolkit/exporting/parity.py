@@ -1,12 +1,53 @@
 """Parity: every exported variant answers the parity set and is compared with PyTorch on the same windows;
-the gate on EM/F1 (with the threshold and on best spans) decides which variants may become a default."""
+the gate on EM/F1 (with the threshold and on best spans) decides which variants may become a default.
 
+Each change of a score comes with its 95 % interval from a paired bootstrap over the questions (the variant and
+PyTorch scored on the same resampled questions), and, where that interval holds both sides of the gate's limit,
+about how many questions would decide it."""
+
+import math
 import time
+
+import numpy as np
 
 from toolkit import data as data_mod
 from toolkit.exporting.common import max_diff
 from toolkit.inference import Engine
-from toolkit.scoring import squad_scores
+from toolkit.scoring import best_over_references, squad_scores
+
+METRICS = {"delta_exact": "EM", "delta_f1": "F1", "forced_delta_exact": "best-span EM", "forced_delta_f1": "best-span F1"}
+BOOTSTRAP_ROUNDS = 2000
+
+
+def per_question(examples, answers) -> dict[str, np.ndarray]:
+    """Each question's EM and F1 (0-100) with the threshold's answer and with its best span: the paired samples
+    behind the intervals."""
+    scored = {"delta_exact": [], "delta_f1": [], "forced_delta_exact": [], "forced_delta_f1": []}
+    for example, answer in zip(examples, answers):
+        exact, f1 = best_over_references(answer.text, example.answer_texts)
+        forced_exact, forced_f1 = best_over_references(answer.best_span_text, example.answer_texts)
+        for key, value in zip(scored, (exact, f1, forced_exact, forced_f1)):
+            scored[key].append(100.0 * value)
+    return {key: np.array(values) for key, values in scored.items()}
+
+
+def paired_interval(differences: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """The 95 % interval of the mean difference, by a paired bootstrap over the questions."""
+    rng = np.random.default_rng(seed)
+    means = differences[rng.integers(0, len(differences), (BOOTSTRAP_ROUNDS, len(differences)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def questions_to_decide(differences: np.ndarray, max_drop: float) -> int | None:
+    """About how many questions would put the 95 % interval of the mean difference wholly on one side of -max_drop,
+    at the variance measured here (None: already decided; 0: no number of questions would, the mean being on the
+    limit)."""
+    low, high = paired_interval(differences)
+    if low >= -max_drop or high < -max_drop:
+        return None
+    margin = abs(differences.mean() + max_drop)
+    return 0 if margin == 0 else math.ceil((1.96 * differences.std(ddof=1) / margin) ** 2)
 
 
 def reference_run(engine: Engine, examples, features) -> dict:
@@ -15,11 +56,13 @@ def reference_run(engine: Engine, examples, features) -> dict:
     refs = data_mod.references(examples)
     return {"answers": answers, "start": start, "end": end,
             "scores": squad_scores({e.id: a.text for e, a in zip(examples, answers)}, refs),
-            "forced": squad_scores({e.id: a.best_span_text for e, a in zip(examples, answers)}, refs)}
+            "forced": squad_scores({e.id: a.best_span_text for e, a in zip(examples, answers)}, refs),
+            "per_question": per_question(examples, answers)}
 
 
-def parity(reference: dict, engine: Engine, examples, features) -> dict:
-    """Logit |Δ|, answer agreement and EM/F1 of one predictor against the PyTorch reference."""
+def parity(reference: dict, engine: Engine, examples, features, *, max_drop: float | None = None) -> dict:
+    """Logit |Δ|, answer agreement and EM/F1 of one predictor against the PyTorch reference, each change with its
+    95 % interval; with max_drop, also the changes that interval leaves undecided against the gate's limit."""
     started = time.perf_counter()
     answers, start, end = engine.run([e.context for e in examples], features)
     seconds = time.perf_counter() - started
@@ -28,7 +71,11 @@ def parity(reference: dict, engine: Engine, examples, features) -> dict:
     forced = squad_scores({e.id: a.best_span_text for e, a in zip(examples, answers)}, refs)
     agree = sum(a.text == b.text for a, b in zip(answers, reference["answers"]))
     span_agree = sum(a.best_span_text == b.best_span_text for a, b in zip(answers, reference["answers"]))
+    mine = per_question(examples, answers)
+    differences = {key: mine[key] - reference["per_question"][key] for key in METRICS}
     return {
+        "intervals": {key: paired_interval(d) for key, d in differences.items()},
+        "undecided": None if max_drop is None else undecided(differences, max_drop),
         "max_abs_logit_diff": max(max_diff(start, reference["start"]), max_diff(end, reference["end"])),
         "answer_agreement": 100.0 * agree / len(examples),
         "span_agreement": 100.0 * span_agree / len(examples),
@@ -44,12 +91,18 @@ def parity(reference: dict, engine: Engine, examples, features) -> dict:
 def gate(result: dict, max_drop: float) -> str | None:
     """Why a variant fails the parity gate (None when it passes): EM or F1 falling more than max_drop
     points below PyTorch's, with the no-answer threshold or on best spans alone."""
-    drops = {"EM": -result["delta_exact"], "F1": -result["delta_f1"],
-             "best-span EM": -result["forced_delta_exact"], "best-span F1": -result["forced_delta_f1"]}
+    drops = {label: -result[key] for key, label in METRICS.items()}
     worst = max(drops, key=drops.get)
     if drops[worst] <= max_drop:
         return None
     return f"{worst} drops {drops[worst]:.2f} points vs PyTorch (> {max_drop}); not used as a default"
+
+
+def undecided(differences: dict[str, np.ndarray], max_drop: float) -> dict[str, int]:
+    """The metrics whose 95 % interval holds both sides of -max_drop, with about how many questions would decide
+    each: a verdict on them that another sample of this size could reverse."""
+    needs = {label: questions_to_decide(differences[key], max_drop) for key, label in METRICS.items()}
+    return {label: n for label, n in needs.items() if n is not None}
 
 
 def ranking(variants: dict, candidates: tuple[str, ...]) -> list[str]:
@@ -64,9 +117,18 @@ def fastest(variants: dict, candidates: tuple[str, ...]) -> str:
 
 
 def describe(name: str, result: dict) -> str:
-    """One log line for a variant's parity result."""
+    """One log line for a variant's parity result, each change with its 95 % interval."""
+    def change(key: str) -> str:
+        low, high = result["intervals"][key]
+        return f"{result[key]:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+    unsure = result.get("undecided") or {}
     return (f"{name:>5}: |Δlogit| {result['max_abs_logit_diff']:.2e}, agreement {result['answer_agreement']:.2f}% "
-            f"(best span {result['span_agreement']:.2f}%), EM {result['exact']:.2f} ({result['delta_exact']:+.2f}), "
-            f"F1 {result['f1']:.2f} ({result['delta_f1']:+.2f}), best-span EM {result['forced_exact']:.2f} "
-            f"({result['forced_delta_exact']:+.2f}), {result['questions_per_second']:.1f} q/s"
-            + ("" if result["passed"] else f" FAILED: {result['reason']}"))
+            f"(best span {result['span_agreement']:.2f}%), EM {result['exact']:.2f} ({change('delta_exact')}), "
+            f"F1 {result['f1']:.2f} ({change('delta_f1')}), best-span EM {result['forced_exact']:.2f} "
+            f"({change('forced_delta_exact')}), best-span F1 {change('forced_delta_f1')}, "
+            f"{result['questions_per_second']:.1f} q/s"
+            + ("" if result["passed"] else f" FAILED: {result['reason']}")
+            + ("" if not unsure else " UNDECIDED at this size (" + ", ".join(
+                f"{label}: ~{n} questions would decide" if n else f"{label}: on the limit" for label, n in unsure.items())
+               + ")"))
