@@ -49,9 +49,14 @@ $(BIN)/qa-toolkit: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_REQUIREMENT)
 	$(BIN)/pip install -q -c constraints.txt -e ".[$(RUNTIME),test]"
+	echo $(TORCH) > $(VENV)/torch-build
 	touch $@
 
+# A venv holds one build: TORCH=cuda over a CPU venv (or the reverse) would keep the old torch and put
+# onnxruntime-gpu beside onnxruntime. Venvs made before the choice existed hold the CPU build.
 install: $(BIN)/qa-toolkit
+	@built=$$(cat $(VENV)/torch-build 2>/dev/null || echo cpu); test "$$built" = "$(TORCH)" || { \
+	  echo "$(VENV) holds the $$built build of torch, not TORCH=$(TORCH): rm -r $(VENV), or VENV=.venv-$(TORCH)"; exit 1; }
 
 # The tests also cover serve-batch --ray and bench's OpenVINO peers: the 'ray' (~300 MB) and 'peers'
 # (~200 MB) extras are installed for them, not for the demo.

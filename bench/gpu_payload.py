@@ -3,8 +3,8 @@ small enough to travel one per device call; and, on the GPU machine, the step th
 them into a private directory (never into the image's environment).
 
     python bench/gpu_payload.py build --out .gpu-payload          # on a CPU machine, in the checkout
-    python3 bench/gpu_payload.py join .gpu-payload --target /tmp/gpu   # on the GPU machine; then
-    export PYTHONPATH=/tmp/gpu/site                               # the payload's packages before the image's
+    python3 bench/gpu_payload.py join .gpu-payload --target /tmp/gpu   # on the GPU machine, in the checkout; then
+    export PYTHONPATH=/tmp/gpu/site:$PWD     # the payload's packages before the image's, and the checkout's toolkit
 
 build writes DIR/payload.tar.000, .001, ... (each at most --piece-mb MiB: by default what fits beside the
 checkout's tracked files in one device call) and DIR/payload.json (each piece's size and sha256, the archive's
@@ -42,8 +42,10 @@ DEVICE_CARRY_MIB = 64  # the device tool's limit on what one call carries, the c
 ORT_GPU = "onnxruntime-gpu==1.31.1"  # the CUDA 13 build for CPython 3.12
 # In the GPU image (Python 3.12, transformers 5.x, huggingface_hub 1.x, tokenizers 0.23, no fastapi/uvicorn/
 # optimum): the packages toolkit needs at the versions constraints.txt pins, where the image's differ or are missing.
+# fastapi needs opentelemetry-api; the image holds what the rest need (anyio, h11, click, annotated-doc, ...).
 IMAGE_DIFFERS = ("transformers", "tokenizers", "huggingface_hub", "peft", "optimum", "optimum-onnx", "fastapi",
-                 "starlette", "pydantic", "pydantic_core", "annotated-types", "typing-inspection", "uvicorn")
+                 "starlette", "pydantic", "pydantic_core", "annotated-types", "typing-inspection", "uvicorn",
+                 "opentelemetry-api")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx"}
@@ -215,7 +217,7 @@ def carry_plan(out: Path, manifest: dict) -> str:
     for i, piece in enumerate(pieces[:-1]):
         lines.append(f"  {i + 1}. carry ['{out}/{piece['name']}'], command: ls -l {out}")
     lines.append(f"  {len(pieces)}. carry ['{out}/{pieces[-1]['name']}', '{out}/payload.json'], command: "
-                 f"python3 bench/gpu_payload.py join {out} --target /tmp/gpu && PYTHONPATH=/tmp/gpu/site "
+                 f"python3 bench/gpu_payload.py join {out} --target /tmp/gpu && PYTHONPATH=/tmp/gpu/site:$PWD "
                  f"python3 bench/gpu_check.py --payload /tmp/gpu/payload --out $OUT/gpu-check")
     return "\n".join(lines)
 
@@ -267,7 +269,8 @@ def join(directory: Path, target: Path) -> Path:
         if done.returncode != 0:
             raise PayloadError(f"pip install --target {target / 'site'} failed: {done.stderr.strip()[-1500:]}")
     print(f"joined {len(manifest['pieces'])} pieces (sha256 {manifest['archive_sha256'][:12]}...) into "
-          f"{target / 'payload'}; {len(wheels)} wheels in {target / 'site'}: export PYTHONPATH={target / 'site'}")
+          f"{target / 'payload'}; {len(wheels)} wheels in {target / 'site'}: in the checkout, "
+          f"export PYTHONPATH={target / 'site'}:$PWD")
     return target / "payload"
 
 

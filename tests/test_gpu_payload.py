@@ -61,8 +61,10 @@ def test_built_pieces_join_into_the_models_answers_and_installed_wheels(built, t
     assert not list(model.glob("*.xml")) and not list(model.glob("model_quantized*"))  # only what was asked for
     assert {"model.safetensors", "config.json", "qa_config.json"} <= {f.name for f in (model / "merged").iterdir()}
     answers = [json.loads(line) for line in (joined / "answers" / "tiny.cpu-fp32.jsonl").read_text().splitlines()]
-    questions = (joined / "questions.jsonl").read_text().splitlines()
-    assert len(answers) == len(questions) == 4 and all(a.get("variant", "fp32") == "fp32" for a in answers)
+    questions = [json.loads(line) for line in (joined / "questions.jsonl").read_text().splitlines()]
+    references = json.loads((joined / "references.json").read_text())
+    assert [a["id"] for a in answers] == [q["id"] for q in questions] == list(references) and len(answers) == 4
+    assert all("best_span" in a and "error" not in a for a in answers)
     installed = subprocess.run([sys.executable, "-c", "import qa_payload_probe; print(qa_payload_probe.ANSWER)"],
                                env={"PYTHONPATH": str(tmp_path / "gpu" / "site")}, capture_output=True, text=True)
     assert installed.stdout.strip() == "42", installed.stderr
