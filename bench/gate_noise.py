@@ -24,7 +24,7 @@ from toolkit.modeling import load_for_inference
 from toolkit.runtime import default_threads
 
 
-def disjoint_samples(source: str, samples: int, splits: int, seed: int) -> list[list]:
+def disjoint_samples(source: str, *, samples: int, splits: int, seed: int) -> list[list]:
     examples, _ = data.load_examples([source], cache_dir=data.default_cache_dir(), seed=seed, limit=None,
                                      default_split="validation")
     if samples * splits > len(examples):
@@ -33,8 +33,9 @@ def disjoint_samples(source: str, samples: int, splits: int, seed: int) -> list[
     return [[examples[i] for i in sorted(order[k * samples:(k + 1) * samples])] for k in range(splits)]
 
 
-def gate_split(export: Path, variants: list[str], examples: list, max_drop: float) -> dict:
-    model, tokenizer, qa = load_for_inference(export / "merged")
+def gate_split(export: Path, loaded: tuple, variants: list[str], examples: list, *, max_drop: float) -> dict:
+    """Each variant against PyTorch (loaded: the merged model, tokenizer and QAConfig) on one sample."""
+    model, tokenizer, qa = loaded
     features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
     reference = reference_run(Engine.single(TorchPredictor(model), tokenizer, qa, BatchSettings()), examples, features)
     rows = {}
@@ -86,11 +87,13 @@ def main() -> None:
     args = parser.parse_args()
     variants = args.variants.split(",")
     export = Path(args.export)
+    loaded = load_for_inference(export / "merged")  # once: every sample is scored against the same model
     adapter = json.loads((export / "export_manifest.json").read_text())["source"]
     results = {**stamp(args.name, default_threads()), "export": str(export), "adapter": adapter, "source": args.source,
                "samples": args.samples, "splits": args.splits, "max_drop": args.max_drop, "variants": variants,
-               "results": [gate_split(export, variants, split, args.max_drop)
-                           for split in disjoint_samples(args.source, args.samples, args.splits, args.seed)]}
+               "results": [gate_split(export, loaded, variants, split, max_drop=args.max_drop)
+                           for split in disjoint_samples(args.source, samples=args.samples, splits=args.splits,
+                                                            seed=args.seed)]}
     write_results(args.results_dir, results, markdown(results))
     print(markdown(results))
 

@@ -182,7 +182,7 @@ def time_batches(predictor, batches: list[dict], sync) -> dict:
             "p99_ms": 1000 * statistics.quantiles(seconds, n=100)[98] if len(seconds) > 1 else 1000 * seconds[0]}
 
 
-def speed(loaded: dict, payload: Path, device: str, gpu: str, rounds: int, seed: int) -> dict:
+def speed(loaded: dict, payload: Path, *, device: str, gpu: str, rounds: int, seed: int) -> dict:
     """windows/s and batch latency of each engine at each batch size: rounds in a random order, medians."""
     import torch
     from transformers import AutoConfig
@@ -228,7 +228,7 @@ def serve_load_module():
     return module
 
 
-def served_variant(label: str, parity_rows: dict, speed_rows: list[dict], max_drop: float) -> str:
+def served_variant(label: str, parity_rows: dict, speed_rows: list[dict], *, max_drop: float) -> str:
     """The ONNX Runtime variant to serve a model with here: the fastest at batch 32 of those whose answers keep
     to the CPU's (best span on >= 99 % of the questions, EM and F1 no more than max_drop below, as export's gate)."""
     rate = {row["engine"]: row["windows_per_second"] for row in speed_rows if row["batch"] == 32}
@@ -239,7 +239,7 @@ def served_variant(label: str, parity_rows: dict, speed_rows: list[dict], max_dr
     return max(passed, key=lambda key: rate[key]).split("/ort-")[1]
 
 
-def serving(model_dir: Path, variant: str, payload: Path, device: str, work: Path, concurrency: int) -> dict:
+def serving(model_dir: Path, variant: str, payload: Path, work: Path, *, device: str, concurrency: int) -> dict:
     """serve-batch (the command) and serve under a closed loop, on the same variant."""
     from toolkit import data
 
@@ -272,7 +272,7 @@ def models_of(payload: Path) -> list[Path]:
     return sorted(p for p in (payload / "models").iterdir() if p.is_dir())
 
 
-def parity_all(payload: Path, device: str, references: dict, work: Path, loaded: dict) -> tuple[dict, dict]:
+def parity_all(payload: Path, references: dict, work: Path, loaded: dict, *, device: str) -> tuple[dict, dict]:
     """(parity row per model/engine, why each engine that cannot run here did not); loaded gets the engines."""
     from toolkit import load
 
@@ -324,10 +324,10 @@ def main() -> None:
             results["train"] = training(work)
             save()
         loaded = {}
-        results["parity"], results["skipped"] = parity_all(payload, args.device, references, work, loaded)
+        results["parity"], results["skipped"] = parity_all(payload, references, work, loaded, device=args.device)
         save()
         print(f"speed: {len(loaded)} engines x batches {BATCHES}, {args.rounds} rounds", file=sys.stderr, flush=True)
-        results["speed"] = speed(loaded, payload, args.device, gpu, args.rounds, seed=0)
+        results["speed"] = speed(loaded, payload, device=args.device, gpu=gpu, rounds=args.rounds, seed=0)
         results["gpu_memory_mb_after_speed"] = gpu_memory_mb(args.device)
         save()
         loaded.clear()
@@ -336,9 +336,10 @@ def main() -> None:
             print(f"serve-batch and serve at concurrency {args.concurrency}: {model_dir.name}", file=sys.stderr,
                   flush=True)
             (work / model_dir.name).mkdir()
-            variant = served_variant(model_dir.name, results["parity"], results["speed"]["rows"], args.max_drop)
-            results["serving"][model_dir.name] = serving(model_dir, variant, payload, args.device,
-                                                         work / model_dir.name, args.concurrency)
+            variant = served_variant(model_dir.name, results["parity"], results["speed"]["rows"],
+                                     max_drop=args.max_drop)
+            results["serving"][model_dir.name] = serving(model_dir, variant, payload, work / model_dir.name,
+                                                         device=args.device, concurrency=args.concurrency)
             save()
     print(markdown(results))
 

@@ -141,15 +141,15 @@ def export_for_gpu(label: str, adapter: Path, precisions: list[str], source: str
     """The adapter merged and exported in fp32 (gated on 50 questions), its fp16 file built from it; the
     export's small files, the chosen ONNX files and (torch) the merged model staged under staged/models/label.
     Returns the fp32 export's directory."""
-    from toolkit.exporting.variants import _optimize
+    from toolkit.exporting.variants import build_files
 
     exported = work / label
     qa("export", "--merge", "--adapter", str(adapter), "--variants", "fp32", "--eval-file", source,
        "--eval-samples", "50", "--output-dir", str(exported))
     onnx_dir = exported / "onnx"
-    if "fp16" in precisions:
-        _optimize(onnx_dir, 2, gpu=True)  # ONNX Runtime's optimizer converts offline: no GPU needed
-        (onnx_dir / "ort_config.json").unlink()  # Optimum's record of it; the export's is export_manifest.json
+    if "fp16" in precisions:  # export's own fp16 build: ONNX Runtime's optimizer converts offline, no GPU needed
+        build_files(["fp16"], onnx_dir, optimization_level=2, calibration=[],
+                    log=lambda message: print(f"{label}: {message}", file=sys.stderr))
     model_files = {f.name for f in onnx_dir.iterdir() if f.suffix in (".onnx", ".xml", ".bin", ".onnx_data")}
     target = staged / "models" / label
     target.mkdir(parents=True)

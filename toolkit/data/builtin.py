@@ -78,10 +78,10 @@ def builtin_name(base: str) -> str | None:
     return None
 
 
-def builtin_file(name: str, cache_dir: Path) -> Path:
-    """The checked file of a built-in source."""
+def builtin_file(name: str, cache_dir: Path) -> tuple[Path, str]:
+    """The file of a built-in source and its sha256, checked."""
     if name in MIRROR_FILES:
-        return mirror_file(name, cache_dir)
+        return mirror_file(name, cache_dir), MIRROR_FILES[name][1]
     packaged = PACKAGED[name]
     path = PACKAGED_DIR / packaged.file
     if not path.exists():
@@ -89,7 +89,7 @@ def builtin_file(name: str, cache_dir: Path) -> Path:
     if sha256_file(path) != packaged.sha256:
         raise DataError(f"{name}: {path} does not have its recorded sha256 {packaged.sha256}; it was changed after "
                         f"installation (restore it: git checkout, or reinstall qa-toolkit)")
-    return path
+    return path, packaged.sha256
 
 
 def split_articles(name: str | None, split: str, spec: str) -> tuple[str, ...]:

@@ -68,8 +68,8 @@ def load_source(spec: str, cache_dir: Path, seed: int, default_split: str) -> tu
     name = builtin_name(base)
     hub = not name and not (base.endswith((".json", ".jsonl")) or Path(base).exists())
     if name:
-        path = builtin_file(name, cache_dir)
-        examples, where, digest = _read_file(path, spec), f"{name} ({path})", sha256_file(path)
+        path, digest = builtin_file(name, cache_dir)
+        examples, where = _read_file(path, spec), f"{name} ({path})"
     elif hub:
         examples, where, digest = _read_hub(base, options.get("split", default_split)), base, None
     else:

@@ -129,14 +129,14 @@ def calibration(cfg: ExportConfig, train_manifest: dict, tokenizer, qa, log) -> 
         return None, []
     spec = cfg.calibration_file or (train_manifest.get("config", {}).get("train_files") or [CALIBRATION_FALLBACK])[0]
     try:
-        return spec, calibration_windows(tokenizer, qa, spec, cfg.calibration_samples, cfg.seed)
+        return spec, calibration_windows(tokenizer, qa, spec, samples=cfg.calibration_samples, seed=cfg.seed)
     except DataError as e:
         if cfg.calibration_file:
             raise
         log(f"calibration: the run's first training source cannot be read here ({e}); the static int8 variants "
             f"are calibrated on {CALIBRATION_FALLBACK} instead (--calibration-file chooses another)")
-    return CALIBRATION_FALLBACK, calibration_windows(tokenizer, qa, CALIBRATION_FALLBACK, cfg.calibration_samples,
-                                                     cfg.seed)
+    return CALIBRATION_FALLBACK, calibration_windows(tokenizer, qa, CALIBRATION_FALLBACK,
+                                                     samples=cfg.calibration_samples, seed=cfg.seed)
 
 
 def check_variants(cfg: ExportConfig, onnx_dir: Path, skipped: dict, reference: dict, tokenizer, qa,

@@ -39,11 +39,12 @@ def paired_interval(differences: np.ndarray, seed: int = 0) -> tuple[float, floa
     return float(low), float(high)
 
 
-def questions_to_decide(differences: np.ndarray, max_drop: float) -> int | None:
-    """About how many questions would put the 95 % interval of the mean difference wholly on one side of -max_drop,
-    at the variance measured here (None: already decided; 0: no number of questions would, the mean being on the
-    limit)."""
-    low, high = paired_interval(differences)
+def questions_to_decide(differences: np.ndarray, *, max_drop: float,
+                        interval: tuple[float, float] | None = None) -> int | None:
+    """About how many questions would put the 95 % interval of the mean difference (paired_interval's, unless
+    given) wholly on one side of -max_drop, at the variance measured here (None: already decided; 0: no number of
+    questions would, the mean being on the limit)."""
+    low, high = interval or paired_interval(differences)
     if low >= -max_drop or high < -max_drop:
         return None
     margin = abs(differences.mean() + max_drop)
@@ -73,9 +74,10 @@ def parity(reference: dict, engine: Engine, examples, features, *, max_drop: flo
     span_agree = sum(a.best_span_text == b.best_span_text for a, b in zip(answers, reference["answers"]))
     mine = per_question(examples, answers)
     differences = {key: mine[key] - reference["per_question"][key] for key in METRICS}
+    intervals = {key: paired_interval(d) for key, d in differences.items()}
     return {
-        "intervals": {key: paired_interval(d) for key, d in differences.items()},
-        "undecided": None if max_drop is None else undecided(differences, max_drop),
+        "intervals": intervals,
+        "undecided": None if max_drop is None else undecided(differences, max_drop=max_drop, intervals=intervals),
         "max_abs_logit_diff": max(max_diff(start, reference["start"]), max_diff(end, reference["end"])),
         "answer_agreement": 100.0 * agree / len(examples),
         "span_agreement": 100.0 * span_agree / len(examples),
@@ -98,10 +100,13 @@ def gate(result: dict, max_drop: float) -> str | None:
     return f"{worst} drops {drops[worst]:.2f} points vs PyTorch (> {max_drop}); not used as a default"
 
 
-def undecided(differences: dict[str, np.ndarray], max_drop: float) -> dict[str, int]:
+def undecided(differences: dict[str, np.ndarray], *, max_drop: float,
+              intervals: dict[str, tuple[float, float]] | None = None) -> dict[str, int]:
     """The metrics whose 95 % interval holds both sides of -max_drop, with about how many questions would decide
     each: a verdict on them that another sample of this size could reverse."""
-    needs = {label: questions_to_decide(differences[key], max_drop) for key, label in METRICS.items()}
+    needs = {label: questions_to_decide(differences[key], max_drop=max_drop,
+                                        interval=intervals[key] if intervals else None)
+             for key, label in METRICS.items()}
     return {label: n for label, n in needs.items() if n is not None}
 
 
