@@ -37,17 +37,18 @@ def gate_split(export: Path, loaded: tuple, variants: list[str], examples: list,
     """Each variant against PyTorch (loaded: the merged model, tokenizer and QAConfig) on one sample."""
     model, tokenizer, qa = loaded
     features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
-    reference = reference_run(Engine.single(TorchPredictor(model), tokenizer, qa, BatchSettings()), examples, features)
+    torch_engine = Engine.single(TorchPredictor(model), tokenizer, qa, settings=BatchSettings())
+    reference = reference_run(torch_engine, examples, features)
     rows = {}
     for name in variants:
         variant = VARIANTS[name]
         predictor = variant.predictor(export / "onnx", "cpu", default_threads())
-        result = parity(reference, Engine.single(predictor, tokenizer, qa, variant.batch_settings("cpu")), examples,
-                        features, max_drop=max_drop)
-        reason = gate(result, max_drop)
+        engine = Engine.single(predictor, tokenizer, qa, settings=variant.batch_settings("cpu"))
+        result = parity(reference, engine, examples, features, max_drop=max_drop)
+        verdict, _ = gate(result, max_drop)
         rows[name] = {**{k: result[k] for k in (*METRICS, "intervals", "undecided", "answer_agreement",
                                                  "span_agreement")},
-                      "verdict": "fail" if reason else "pass"}
+                      "verdict": verdict}
     return rows
 
 

@@ -126,10 +126,22 @@ def test_without_merge_an_adapter_dir_is_pointed_to_merge(trained_bert):
     assert result.exit_code != 0 and "--merge --adapter" in result.output
 
 
-def test_gate_bites_on_em_or_f1_with_the_threshold_or_on_best_spans():
-    fine = {"delta_exact": -0.9, "delta_f1": 0.5, "forced_delta_exact": -1.0, "forced_delta_f1": -0.2}
-    assert gate(fine, 1.0) is None
+def judged(changes: dict, width: float, questions: int = 2000) -> dict:
+    """A parity result whose 95 % intervals lie width either side of each change."""
+    return {**changes, "questions": questions, "intervals": {k: (v - width, v + width) for k, v in changes.items()}}
+
+
+def test_gate_decides_on_each_interval_em_or_f1_with_the_threshold_or_on_best_spans():
+    fine = {"delta_exact": -0.5, "delta_f1": 0.5, "forced_delta_exact": -0.6, "forced_delta_f1": -0.2}
+    assert gate(judged(fine, 0.3), 1.0) == ("pass", None)
     for key, label in (("delta_exact", "EM"), ("delta_f1", "F1"), ("forced_delta_exact", "best-span EM"),
                        ("forced_delta_f1", "best-span F1")):
-        reason = gate({**fine, key: -1.3}, 1.0)
-        assert reason and reason.startswith(f"{label} drops 1.30"), (key, reason)
+        verdict, reason = gate(judged({**fine, key: -1.5}, 0.3), 1.0)
+        assert verdict == "fail" and reason.startswith(f"{label} drops 1.50 points vs PyTorch [95 %: -1.80, -1.20]")
+        # the same mean change on too few questions to tell: never a default, and not a fail either
+        verdict, reason = gate({**judged(fine, 0.3), key: -1.5, "intervals": {
+            **judged(fine, 0.3)["intervals"], key: (-2.5, -0.5)}, "undecided": {label: 9000}}, 1.0)
+        assert verdict == "undecided" and f"{label} -1.50 [-2.50, -0.50]: ~9000 questions would decide" in reason
+    # a mean within the limit whose interval reaches beyond it is not a pass
+    verdict, reason = gate(judged(fine, 0.7), 1.0)
+    assert verdict == "undecided" and "not shown to lose at most 1.0 points on 2000 questions" in reason

@@ -3,7 +3,7 @@ sides of the gate's limit, about how many questions would decide it."""
 
 import numpy as np
 
-from toolkit.exporting.parity import describe, paired_interval, questions_to_decide, undecided
+from toolkit.exporting.parity import describe, gate, paired_interval, questions_to_decide, undecided
 
 
 def borderline(n: int, seed: int = 0) -> np.ndarray:
@@ -53,10 +53,13 @@ def test_undecided_names_each_metric_and_the_log_line_prints_intervals():
     unsure = undecided(differences, max_drop=1.0)
     assert list(unsure) == ["F1"] and unsure["F1"] > 300
     result = {"max_abs_logit_diff": 0.1, "answer_agreement": 91.0, "span_agreement": 92.0, "exact": 50.0,
-              "f1": 55.0, "forced_exact": 60.0, "questions_per_second": 40.0, "passed": True, "undecided": unsure,
+              "f1": 55.0, "forced_exact": 60.0, "questions_per_second": 40.0, "undecided": unsure, "questions": 300,
               **{key: float(v.mean()) for key, v in differences.items()},
               "intervals": {key: paired_interval(v) for key, v in differences.items()}}
+    result["verdict"], result["reason"] = gate(result, 1.0)
+    result["passed"] = False
     line = describe("int8", result)
     low, high = result["intervals"]["delta_f1"]
     assert f"F1 55.00 ({d.mean():+.2f} [{low:+.2f}, {high:+.2f}])" in line
-    assert f"UNDECIDED at this size (F1: ~{unsure['F1']} questions would decide)" in line
+    assert (f"UNDECIDED: not shown to lose at most 1.0 points on 300 questions (F1 {d.mean():+.2f} [{low:+.2f}, "
+            f"{high:+.2f}]: ~{unsure['F1']} questions would decide)") in line

@@ -145,17 +145,17 @@ def check_variants(cfg: ExportConfig, onnx_dir: Path, skipped: dict, reference: 
     variants = {}
     for name in cfg.variants:
         if name in skipped:
-            variants[name] = {"file": None, "passed": False, "reason": skipped[name]}
+            variants[name] = {"file": None, "verdict": "skipped", "passed": False, "reason": skipped[name]}
             continue
         variant = VARIANTS[name]
         device = variant.devices[0]  # the variant batched as it will serve
         predictor = variant.predictor(onnx_dir, device)
-        result = parity(reference, Engine.single(predictor, tokenizer, qa, variant.batch_settings(device)),
+        result = parity(reference, Engine.single(predictor, tokenizer, qa, settings=variant.batch_settings(device)),
                         examples, features, max_drop=cfg.max_drop)
         file = variant.file
         result.update(file=file, size_bytes=size_bytes(onnx_dir / file), provider=predictor.provider)
-        reason = gate(result, cfg.max_drop)
-        result["passed"] = reason is None
+        result["verdict"], reason = gate(result, cfg.max_drop)
+        result["passed"] = result["verdict"] == "pass"
         if reason:
             result["reason"] = reason
         log(describe(name, result))
@@ -181,7 +181,7 @@ def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
         if cfg.merge:
             model, manifest["merge_max_abs_logit_diff"] = merge_checked(model, tokenizer, qa, examples, features,
                                                                         cfg, work, log)
-        reference = reference_run(Engine.single(TorchPredictor(model), tokenizer, qa, BatchSettings()),
+        reference = reference_run(Engine.single(TorchPredictor(model), tokenizer, qa, settings=BatchSettings()),
                                   examples, features)
         manifest["torch"] = {**reference["scores"], "forced_exact": reference["forced"]["exact"],
                              "forced_f1": reference["forced"]["f1"]}

@@ -2,8 +2,9 @@
 the gate on EM/F1 (with the threshold and on best spans) decides which variants may become a default.
 
 Each change of a score comes with its 95 % interval from a paired bootstrap over the questions (the variant and
-PyTorch scored on the same resampled questions), and, where that interval holds both sides of the gate's limit,
-about how many questions would decide it."""
+PyTorch scored on the same resampled questions). The gate decides on the interval, not on the mean: a variant
+passes when it is shown to lose at most the limit, fails when it is shown to lose more, and is undecided (never a
+default) when the parity set is too small to tell, with about how many questions would decide it."""
 
 import math
 import time
@@ -86,18 +87,36 @@ def parity(reference: dict, engine: Engine, examples, features, *, max_drop: flo
         "delta_f1": scores["f1"] - reference["scores"]["f1"],
         "forced_exact": forced["exact"], "forced_delta_exact": forced["exact"] - reference["forced"]["exact"],
         "forced_f1": forced["f1"], "forced_delta_f1": forced["f1"] - reference["forced"]["f1"],
-        "seconds": seconds, "questions_per_second": len(examples) / seconds,
+        "questions": len(examples), "seconds": seconds, "questions_per_second": len(examples) / seconds,
     }
 
 
-def gate(result: dict, max_drop: float) -> str | None:
-    """Why a variant fails the parity gate (None when it passes): EM or F1 falling more than max_drop
-    points below PyTorch's, with the no-answer threshold or on best spans alone."""
-    drops = {label: -result[key] for key, label in METRICS.items()}
-    worst = max(drops, key=drops.get)
-    if drops[worst] <= max_drop:
-        return None
-    return f"{worst} drops {drops[worst]:.2f} points vs PyTorch (> {max_drop}); not used as a default"
+def gate(result: dict, max_drop: float) -> tuple[str, str | None]:
+    """(verdict, why) of the parity gate on EM and F1, with the threshold and on best spans alone, each change
+    judged by its 95 % interval against -max_drop: "pass" when every interval lies at or above it (the variant
+    shown to lose at most max_drop points), "fail" when one lies wholly below it, "undecided" otherwise (this many
+    questions cannot tell; the reason says about how many would). Only a pass makes a variant a default."""
+    lows = {label: result["intervals"][key][0] for key, label in METRICS.items()}
+    highs = {label: result["intervals"][key][1] for key, label in METRICS.items()}
+    changes = {label: result[key] for key, label in METRICS.items()}
+    failed = [label for label, high in highs.items() if high < -max_drop]
+    if failed:
+        label = min(failed, key=changes.get)
+        return "fail", (f"{label} drops {-changes[label]:.2f} points vs PyTorch [95 %: {lows[label]:+.2f}, "
+                        f"{highs[label]:+.2f}], wholly beyond -{max_drop}; not used as a default")
+    unsure = [label for label, low in lows.items() if low < -max_drop]
+    if not unsure:
+        return "pass", None
+    needs = result.get("undecided") or {}
+
+    def why(label: str) -> str:
+        said = f"{label} {changes[label]:+.2f} [{lows[label]:+.2f}, {highs[label]:+.2f}]"
+        if label not in needs:
+            return said
+        return said + (f": ~{needs[label]} questions would decide" if needs[label] else ": its mean on the limit")
+
+    return "undecided", (f"not shown to lose at most {max_drop} points on {result['questions']} questions ("
+                         + ", ".join(why(label) for label in unsure) + "); not used as a default")
 
 
 def undecided(differences: dict[str, np.ndarray], *, max_drop: float,
@@ -127,13 +146,9 @@ def describe(name: str, result: dict) -> str:
         low, high = result["intervals"][key]
         return f"{result[key]:+.2f} [{low:+.2f}, {high:+.2f}]"
 
-    unsure = result.get("undecided") or {}
     return (f"{name:>5}: |Δlogit| {result['max_abs_logit_diff']:.2e}, agreement {result['answer_agreement']:.2f}% "
             f"(best span {result['span_agreement']:.2f}%), EM {result['exact']:.2f} ({change('delta_exact')}), "
             f"F1 {result['f1']:.2f} ({change('delta_f1')}), best-span EM {result['forced_exact']:.2f} "
             f"({change('forced_delta_exact')}), best-span F1 {change('forced_delta_f1')}, "
             f"{result['questions_per_second']:.1f} q/s"
-            + ("" if result["passed"] else f" FAILED: {result['reason']}")
-            + ("" if not unsure else " UNDECIDED at this size (" + ", ".join(
-                f"{label}: ~{n} questions would decide" if n else f"{label}: on the limit" for label, n in unsure.items())
-               + ")"))
+            + ("" if result["passed"] else f" {result['verdict'].upper()}: {result['reason']}"))
