@@ -105,7 +105,8 @@ def question_scores(adapter: Path, spec: str, samples: int | None) -> Scores:
     if (adapter / HEAD_FILE).exists():
         head = torch.nn.Linear(model.config.hidden_size, 1)
         head.load_state_dict(torch.load(adapter / HEAD_FILE, weights_only=True))
-    examples, _ = data.load_examples([spec], data.default_cache_dir(), 42, samples, "validation")
+    examples, _ = data.load_examples([spec], cache_dir=data.default_cache_dir(), seed=42,
+                                     limit=samples, default_split="validation")
     features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
     lengths = [len(ids) for ids in features.inputs["input_ids"]]
     start, end, cls, verifier = [None] * len(features), [None] * len(features), [None] * len(features), np.zeros(len(features))
@@ -119,7 +120,8 @@ def question_scores(adapter: Path, spec: str, samples: int | None) -> Scores:
                 start[i], end[i] = out.start_logits[r, :lengths[i]].numpy(), out.end_logits[r, :lengths[i]].numpy()
                 cls[i], verifier[i] = last[r].numpy(), logits[r]
     answers = answer_all([e.context for e in examples], features.example_index, features.offsets, start, end,
-                         Decoding(qa.n_best, qa.max_answer_length, 0.0), features.words)
+                         Decoding(n_best=qa.n_best, max_answer_length=qa.max_answer_length, null_threshold=0.0),
+                         features.words)
     n = len(examples)
     mean_cls, counts, best = np.zeros((n, len(cls[0]))), np.zeros(n), np.full(n, -np.inf)
     for i, q in enumerate(features.example_index):

@@ -88,7 +88,8 @@ def main() -> None:
     parser.add_argument("--results-dir", default="bench/results")
     args = parser.parse_args()
     onnx_dir = Path(args.export) / "onnx"
-    examples, _ = data.load_examples([args.source], data.default_cache_dir(), 42, args.questions, "validation")
+    examples, _ = data.load_examples([args.source], cache_dir=data.default_cache_dir(), seed=42,
+                                     limit=args.questions, default_split="validation")
     questions, contexts = [e.question for e in examples], [e.context for e in examples]
     variant = server_variant(EngineSpec(model=str(onnx_dir)))
     engine = load(onnx_dir, variant=variant, device="cpu", threads=args.threads)

@@ -38,7 +38,8 @@ SETS = {"slice-heldout": SLICE_HELDOUT, "v1.1-dev-29": f"{V11_DEV_29}&samples=20
 
 
 def answer_and_score(model_dir: Path, source: str, work: Path, tag: str, png: Path) -> dict:
-    examples, _ = data.load_examples([source], data.default_cache_dir(), 42, None, "validation")
+    examples, _ = data.load_examples([source], cache_dir=data.default_cache_dir(), seed=42,
+                                     limit=None, default_split="validation")
     questions = work / f"{tag}.jsonl"
     if not questions.exists():
         data.write_jsonl(examples, questions)

@@ -172,7 +172,8 @@ def main() -> None:
     onnx_dir = Path(args.export) / "onnx"
     threads = default_threads()
     qa, tokenizer = QAConfig.load(onnx_dir), load_tokenizer(str(onnx_dir))
-    examples, _ = data.load_examples([SLICE_HELDOUT], data.default_cache_dir(), 42, args.samples, "validation")
+    examples, _ = data.load_examples([SLICE_HELDOUT], cache_dir=data.default_cache_dir(), seed=42,
+                                     limit=args.samples, default_split="validation")
     features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
     variants = [v for v in VARIANTS if REGISTRY[v].unusable() is None]
     pad = tokenizer.pad_token_id
@@ -188,7 +189,7 @@ def main() -> None:
             print(json.dumps(results["streams"][-1]), flush=True)
     for spinning in (True, False):
         engine = Engine.single(OrtPredictor(onnx_dir / REGISTRY["int8"].file, "cpu", threads, "int8", spinning),
-                               tokenizer, qa, default)
+                               tokenizer, qa, settings=default)
         results["spinning"].append({"spinning": spinning, "questions_per_second": questions_per_second(engine, examples, features)})
     results["profiles"][f"ONNX Runtime int8 ({REGISTRY['int8'].file})"] = top(
         ort_profile(onnx_dir / REGISTRY["int8"].file, threads, features, pad, default))

@@ -64,7 +64,7 @@ def build(onnx_dir: Path, work: Path, calibration: list[dict], log) -> dict[str,
                          ("int8 fused, per channel, U8U8 (export's int8-u8)", False)):
         files[name] = work / f"model_{len(files)}.onnx"
         log(f"building {name}")
-        quantize_int8(fused, files[name], signed)
+        quantize_int8(fused, files[name], signed_weights=signed)
 
     class Windows(CalibrationDataReader):
         def __init__(self):
@@ -100,7 +100,8 @@ def main() -> None:
     export = Path(args.export)
     onnx_dir, work = export / "onnx", export / "int8-candidates"
     qa, tokenizer = QAConfig.load(onnx_dir), load_tokenizer(str(onnx_dir))
-    examples, _ = data.load_examples([args.eval_file], data.default_cache_dir(), 42, args.samples, "validation")
+    examples, _ = data.load_examples([args.eval_file], cache_dir=data.default_cache_dir(), seed=42,
+                                     limit=args.samples, default_split="validation")
     features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
     calibration = calibration_windows(tokenizer, qa, args.calibration_file, None, 7)
     files = build(onnx_dir, work, calibration, log)

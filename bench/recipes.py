@@ -43,8 +43,8 @@ def train(runs: Path, steps: int) -> None:
 def second_path(run: Path, work: Path) -> dict:
     """serve-batch (torch engine) over the run's eval questions, scored from the output file."""
     manifest = json.loads((run / "manifest.json").read_text())
-    examples, _ = data.load_examples([manifest["config"]["eval_file"]], data.default_cache_dir(), 42, None,
-                                     "validation")
+    examples, _ = data.load_examples([manifest["config"]["eval_file"]], cache_dir=data.default_cache_dir(), seed=42,
+                                     limit=None, default_split="validation")
     questions, answers = work / "eval.jsonl", work / f"{run.name}.answers.jsonl"
     data.write_jsonl(examples, questions)
     model_dir = run / ("model" if manifest["config"]["full_finetune"] else "adapter")

@@ -42,7 +42,8 @@ def main() -> None:
 
     work = Path(args.export) / "serve-bench"
     work.mkdir(parents=True, exist_ok=True)
-    examples, _ = data.load_examples([args.source], data.default_cache_dir(), 42, args.samples, "validation")
+    examples, _ = data.load_examples([args.source], cache_dir=data.default_cache_dir(), seed=42,
+                                     limit=args.samples, default_split="validation")
     questions = work / "questions.jsonl"
     data.write_jsonl(examples, questions)
     references = data.references(examples)

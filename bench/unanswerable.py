@@ -59,7 +59,8 @@ def train(runs: Path, steps: int) -> None:
 
 def served_scores(model_dir: Path, source: str, work: Path, samples: int | None = None) -> dict:
     """serve-batch (torch engine) over a source, scored from the output file: tuned threshold and best span."""
-    examples, _ = data.load_examples([source], data.default_cache_dir(), 42, samples, "validation")
+    examples, _ = data.load_examples([source], cache_dir=data.default_cache_dir(), seed=42,
+                                     limit=samples, default_split="validation")
     name = f"{model_dir.parent.name}-{abs(hash(source)) % 10 ** 8}"
     questions, answers = work / f"{name}.jsonl", work / f"{name}.answers.jsonl"
     data.write_jsonl(examples, questions)

@@ -140,6 +140,6 @@ def test_gpu_check_refuses_clearly_without_a_gpu_and_its_data_loads(tmp_path):
 
     path = tmp_path / "s.json"
     path.write_text(json.dumps(synthetic_squad(20, 1)))
-    examples, _ = data.load_examples([str(path)], tmp_path, 42, None, "validation")
+    examples, _ = data.load_examples([str(path)], cache_dir=tmp_path, seed=42, limit=None, default_split="validation")
     assert len(examples) == 50 and sum(e.is_impossible for e in examples) == 10
     assert all(e.context[e.answer_starts[0]:].startswith(e.answer_texts[0]) for e in examples if not e.is_impossible)

@@ -18,7 +18,7 @@ OLD_SLICE = "../shared/data/squad2-dev-slice.json"  # how runs before the data w
 
 
 def load(spec: str, tmp_path: Path):
-    return data.load_examples([spec], tmp_path, 42, None, "validation")
+    return data.load_examples([spec], cache_dir=tmp_path, seed=42, limit=None, default_split="validation")
 
 
 @pytest.mark.parametrize("name, questions, unanswerable, articles", [

@@ -10,7 +10,7 @@ SMALL = FeatureConfig(max_length=48, doc_stride=12, max_question_tokens=16)
 
 @pytest.fixture
 def examples(squad_file, tmp_path):
-    exs, _ = data.load_examples([str(squad_file)], tmp_path, seed=0, limit=None, default_split="train")
+    exs, _ = data.load_examples([str(squad_file)], cache_dir=tmp_path, seed=0, limit=None, default_split="train")
     return exs
 
 
@@ -89,7 +89,8 @@ def test_repeat_weighs_a_source_with_unique_ids(squad_file, tmp_path):
                                       + [f"{e.id}-r3" for e in once])
     assert report.repeat == 3 and report.examples == 3 * len(once)
     with pytest.raises(data.DataError, match="more than once"):  # the second source repeats the first's ids
-        data.load_examples([f"{squad_file}?repeat=2", str(squad_file)], tmp_path, 0, None, "train")
+        data.load_examples([f"{squad_file}?repeat=2", str(squad_file)], cache_dir=tmp_path, seed=0,
+                           limit=None, default_split="train")
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "2.5", "x"])
@@ -138,7 +139,8 @@ def test_bad_files(tmp_path):
 
 def test_duplicate_ids_across_sources(squad_file, tmp_path):
     with pytest.raises(data.DataError, match="more than once"):
-        data.load_examples([str(squad_file), str(squad_file)], tmp_path, 0, None, "train")
+        data.load_examples([str(squad_file), str(squad_file)], cache_dir=tmp_path, seed=0,
+                           limit=None, default_split="train")
 
 
 def test_unreachable_hub_dataset_says_so(tmp_path):
@@ -171,7 +173,8 @@ def test_synthetic_negatives_ratio_kinds_and_no_answer_left(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"data": [_article("A", paragraphs[:3]), _article("B", paragraphs[3:])]}))
     for kind in ("paragraph", "sentence", "mix"):
-        exs, [report] = data.load_examples([f"{path}?negatives=0.33&negative-kind={kind}"], tmp_path, 0, None, "train")
+        exs, [report] = data.load_examples([f"{path}?negatives=0.33&negative-kind={kind}"], cache_dir=tmp_path, seed=0,
+                                           limit=None, default_split="train")
         negatives = [e for e in exs if e.is_impossible]
         assert len(exs) == 18 and len(negatives) == 6 and sum(report.synthetic_negatives.values()) == 6
         originals = {e.id: e for e in exs if not e.is_impossible}
@@ -184,15 +187,15 @@ def test_synthetic_negatives_ratio_kinds_and_no_answer_left(tmp_path):
                 assert len(kept) == 2 and all(k.rstrip(".") in source.context for k in kept)
         if kind == "mix":
             assert report.synthetic_negatives == {"paragraph": 3, "sentence": 3}
-    again, _ = data.load_examples([f"{path}?negatives=0.33"], tmp_path, 0, None, "train")
-    assert [e.context for e in again] == [e.context for e in data.load_examples(
-        [f"{path}?negatives=0.33"], tmp_path, 0, None, "train")[0]]  # seeded
+    load = dict(cache_dir=tmp_path, seed=0, limit=None, default_split="train")
+    again, _ = data.load_examples([f"{path}?negatives=0.33"], **load)
+    assert [e.context for e in again] == [e.context for e in data.load_examples([f"{path}?negatives=0.33"], **load)[0]]
     for bad, message in (("negatives=1.5", "in \\[0, 1\\)"), ("negatives=x", "must be a number"),
                          ("negative-kind=other", "negative-kind needs"),
                          ("negatives=0.2&negative-kind=other", "comma list of"),
                          ("negatives=0.2&negative-kind=swap,mix", "comma list of")):
         with pytest.raises(data.DataError, match=message):
-            data.load_examples([f"{path}?{bad}"], tmp_path, 0, None, "train")
+            data.load_examples([f"{path}?{bad}"], cache_dir=tmp_path, seed=0, limit=None, default_split="train")
 
 
 def test_swap_negatives_keep_the_paragraph_and_swap_a_name_or_number_from_another_article(tmp_path):
@@ -207,7 +210,8 @@ def test_swap_negatives_keep_the_paragraph_and_swap_a_name_or_number_from_anothe
                                ("The bridge is made of stone.", [("what is the bridge made of?", "stone")])])]
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"data": articles}))
-    exs, [report] = data.load_examples([f"{path}?negatives=0.5&negative-kind=swap"], tmp_path, 0, None, "train")
+    exs, [report] = data.load_examples([f"{path}?negatives=0.5&negative-kind=swap"], cache_dir=tmp_path, seed=0,
+                                       limit=None, default_split="train")
     originals = {e.id: e for e in exs if not e.is_impossible}
     negatives = {e.id.removesuffix("-neg"): e for e in exs if e.is_impossible}
     assert len(negatives) == 4 and report.synthetic_negatives == {"swap": 2, "paragraph": 2, "sentence": 0}

@@ -165,7 +165,7 @@ def test_openvino_batching_pads_each_window_to_its_own_length(tokenizer):
             return start + 0.01 * batch["input_ids"].shape[1], end
 
     qa = QAConfig(base_model="t", model_type="bert", max_length=64, doc_stride=16, max_question_tokens=24)
-    engine = Engine.single(PaddingSensitive(5), tokenizer, qa, BatchSettings.for_openvino())
+    engine = Engine.single(PaddingSensitive(5), tokenizer, qa, settings=BatchSettings.for_openvino())
     lines = fixture_lines()
     q, c = [r["question"] for r in lines], [r["context"] for r in lines]
     assert len({len(ids) for ids in engine.features(q, c).inputs["input_ids"]}) > 2  # windows of several lengths

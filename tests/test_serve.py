@@ -169,7 +169,7 @@ def test_long_context_answer_in_a_later_window(vocab_file):
     target = "Aurelio Quintanilla"
     ids = tokenizer(target, add_special_tokens=False)["input_ids"]
     qa = QAConfig(base_model="test", model_type="bert", null_threshold=0.0)
-    engine = Engine.single(AnswerFinder(ids[0], ids[-1]), tokenizer, qa, BatchSettings(batch_size=2))
+    engine = Engine.single(AnswerFinder(ids[0], ids[-1]), tokenizer, qa, settings=BatchSettings(batch_size=2))
     features = engine.features(["Who keeps the lighthouse?"], [context])
     assert len(features) >= 3 and max(len(x) for x in features.inputs["input_ids"]) == 384
     [answer] = engine.answer(["Who keeps the lighthouse?"], [context])

@@ -164,7 +164,8 @@ def test_trainer_eval_equals_the_engine_on_the_saved_weights(tiny_bert, files, t
     assert manifest["counts"]["eval_features"] > 3 * 2  # several eval batches
     assert manifest["precision"] == ("bf16" if bf16 == "on" else "fp32")
 
-    examples, _ = data.load_examples([str(files[1])], data.default_cache_dir(), 42, None, "validation")
+    examples, _ = data.load_examples([str(files[1])], cache_dir=data.default_cache_dir(), seed=42, limit=None,
+                                     default_split="validation")
     engine = toolkit.load(run / "adapter", engine="torch", device="cpu", batch_size=2)
     features = engine.features([e.question for e in examples], [e.context for e in examples])
     answers, start, end = engine.run([e.context for e in examples], features)

@@ -9,8 +9,8 @@ The few names an application needs; everything else is internal by convention::
     print(answer.text, answer.confidence, answer.no_answer_probability, answer.no_answer)
     top3 = qa.answer("Where is it?", "...", options=toolkit.AnswerOptions(top_k=3)).alternatives
 
-Layers (each imports only the ones before it): config, features, postprocess, metrics, data, runtime,
-modeling -> inference -> training, exporting, serving -> bench -> cli.
+Layers (each imports only the ones before it): config, features, postprocess, scoring, data, runtime,
+modeling -> inference -> training, exporting, serving -> benchmarking -> cli.
 """
 
 from toolkit.config import TrainConfig
@@ -57,5 +57,6 @@ def score(answers_path: str, references: str, best_span: bool = False) -> dict:
     from toolkit import data
     from toolkit.scoring import score_answer_file
 
-    examples, _ = data.load_examples([references], data.default_cache_dir(), 42, None, "validation")
+    examples, _ = data.load_examples([references], cache_dir=data.default_cache_dir(), seed=42,
+                                     limit=None, default_split="validation")
     return score_answer_file(answers_path, data.references(examples), best_span)

@@ -39,7 +39,8 @@ def calibrate_model(model_dir: str, eval_file: str, retune: bool = False) -> dic
 
     onnx = runs_on_onnxruntime(EngineSpec(model=model_dir))
     engine = load_engine(EngineSpec(model=model_dir, variant="fp32" if onnx else "torch-fp32"))
-    examples, _ = data.load_examples([eval_file], data.default_cache_dir(), 42, None, "validation")
+    examples, _ = data.load_examples([eval_file], cache_dir=data.default_cache_dir(), seed=42,
+                                     limit=None, default_split="validation")
     if not any(e.is_impossible for e in examples):
         raise ValueError(f"{eval_file} holds no unanswerable question: the no-answer probability cannot be fitted")
     qa = QAConfig.load(model_dir)

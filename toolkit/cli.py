@@ -407,7 +407,8 @@ def to_jsonl(source, output, samples):
     """Write a SQuAD source (file, hub name or squad-v1.1-dev) as flat JSONL, answers included."""
     from toolkit import data
 
-    examples, _ = data.load_examples([source], data.default_cache_dir(), 42, samples, "validation")
+    examples, _ = data.load_examples([source], cache_dir=data.default_cache_dir(), seed=42,
+                                     limit=samples, default_split="validation")
     data.write_jsonl(examples, Path(output))
     click.echo(f"{len(examples)} questions -> {output}", err=True)
 
@@ -426,7 +427,8 @@ def score(answers, references, best_span, examples, reliability):
     from toolkit import data
     from toolkit.scoring import sample_answers, score_answer_file
 
-    rows, _ = data.load_examples([references], data.default_cache_dir(), 42, None, "validation")
+    rows, _ = data.load_examples([references], cache_dir=data.default_cache_dir(), seed=42,
+                                 limit=None, default_split="validation")
     for line in sample_answers(answers, rows, examples):
         click.echo(line)
     click.echo(json.dumps(score_answer_file(answers, data.references(rows), best_span, reliability), indent=2))

@@ -23,7 +23,7 @@ Offsets = Sequence[tuple[int, int] | None]  # per token: char span in the contex
 Words = Sequence[int | None]  # per token: the index of its word in the context, None outside it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Decoding:
     """How logits become answers: span search, no-answer decision, how many spans, word alignment."""
     n_best: int = 20

@@ -242,7 +242,8 @@ def run_bench(cfg: BenchConfig, log=lambda m: print(m, file=sys.stderr)) -> dict
     variants, skipped = runnable_variants(cfg, onnx_dir, log)
     tokenizer = load_tokenizer(str(onnx_dir))
     cache = Path(cfg.cache_dir) if cfg.cache_dir else data_mod.default_cache_dir()
-    examples, _ = data_mod.load_examples([cfg.eval_file], cache, cfg.seed, cfg.eval_samples, "validation")
+    examples, _ = data_mod.load_examples([cfg.eval_file], cache_dir=cache, seed=cfg.seed,
+                                         limit=cfg.eval_samples, default_split="validation")
     features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
     log(f"eval set: {len(examples)} questions -> {len(features)} windows; variants {variants}; {threads} threads")
 

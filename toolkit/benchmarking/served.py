@@ -26,7 +26,8 @@ def serve_and_score(export: Path, name: str, sets: dict[str, str], work: Path) -
     engine = load(export / "onnx", device="cpu")
     out = {"export": str(export), "variant": engine.served().predictor.variant}
     for set_name, source in sets.items():
-        examples, _ = data.load_examples([source], data.default_cache_dir(), 42, None, "validation")
+        examples, _ = data.load_examples([source], cache_dir=data.default_cache_dir(), seed=42,
+                                         limit=None, default_split="validation")
         questions = work / f"{set_name}.jsonl"
         if not questions.exists():
             data.write_jsonl(examples, questions)

@@ -61,7 +61,8 @@ def _windows(cfg: TrainBenchConfig, tokenizer, n: int):
     from toolkit.features import FeatureConfig, build_features
 
     cache = Path(cfg.cache_dir) if cfg.cache_dir else data_mod.default_cache_dir()
-    examples, _ = data_mod.load_examples([cfg.eval_file], cache, cfg.seed, n, "validation")
+    examples, _ = data_mod.load_examples([cfg.eval_file], cache_dir=cache, seed=cfg.seed,
+                                         limit=n, default_split="validation")
     return build_features(tokenizer, [e.question for e in examples], [e.context for e in examples],
                           FeatureConfig(max_length=cfg.max_length), [first_answer(e) for e in examples])
 

@@ -133,7 +133,7 @@ def subset(examples: list[Example], n: int, seed: int, what: str) -> list[Exampl
     return [examples[i] for i in chosen]
 
 
-def load_examples(specs: list[str], cache_dir: Path, seed: int, limit: int | None,
+def load_examples(specs: list[str], *, cache_dir: Path, seed: int, limit: int | None,
                   default_split: str) -> tuple[list[Example], list[SourceReport]]:
     """Load and mix the sources, check ids are unique, take a seeded subset of ``limit``."""
     if not specs:

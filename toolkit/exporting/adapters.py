@@ -154,11 +154,11 @@ def check_adapter(cfg: AdapterExportConfig, name: str, directory: Path, session:
                                      if (directory / "manifest.json").exists() else {},
                                      cfg.eval_samples, cfg.seed, cfg.cache_dir)
     merged, _, qa = modeling.load_adapter(directory)
-    torch_engine = Engine.single(TorchPredictor(merged.merge_and_unload()), tokenizer, qa, BatchSettings())
+    torch_engine = Engine.single(TorchPredictor(merged.merge_and_unload()), tokenizer, qa, settings=BatchSettings())
     features = torch_engine.features([e.question for e in examples], [e.context for e in examples])
     reference = reference_run(torch_engine, examples, features)
-    result = parity(reference, Engine.single(session.with_adapter(adapter_file), tokenizer, qa, BatchSettings()),
-                    examples, features)
+    engine = Engine.single(session.with_adapter(adapter_file), tokenizer, qa, settings=BatchSettings())
+    result = parity(reference, engine, examples, features)
     result.update(parity_set=spec, questions=len(examples), torch_exact=reference["scores"]["exact"],
                   torch_f1=reference["scores"]["f1"], null_threshold=qa.null_threshold,
                   adapter_file_bytes=adapter_file.stat().st_size)

@@ -24,13 +24,14 @@ def parity_examples(spec: str | None, manifest: dict, samples: int | None, seed:
     if not spec:
         raise ExportError("no parity set: pass --eval-file (the training manifest names none)")
     cache = Path(cache_dir) if cache_dir else data_mod.default_cache_dir()
-    examples, _ = data_mod.load_examples([spec], cache, seed, samples, "validation")
+    examples, _ = data_mod.load_examples([spec], cache_dir=cache, seed=seed, limit=samples, default_split="validation")
     return spec, examples
 
 
 def calibration_windows(tokenizer, qa: QAConfig, spec: str, samples: int | None, seed: int) -> list[dict[str, np.ndarray]]:
     """Training windows (never the eval set), one per batch at its own length, for int8 calibration."""
-    examples, _ = data_mod.load_examples([spec], data_mod.default_cache_dir(), seed, samples, "train")
+    examples, _ = data_mod.load_examples([spec], cache_dir=data_mod.default_cache_dir(), seed=seed,
+                                         limit=samples, default_split="train")
     features = build_features(tokenizer, [e.question for e in examples], [e.context for e in examples], qa.features())
     return [{k: v for k, v in pad_batch(features, [i], tokenizer.pad_token_id).items() if k in MODEL_INPUTS}
             for i in range(len(features))]

@@ -1,7 +1,7 @@
 """Inference: predictors (PyTorch, ONNX Runtime, OpenVINO) behind one Predictor protocol, length-bucketed
 batching, the engine (token windows -> logits -> answers) and loading it from what `train` and `export` wrote.
 
-Layers, each importing only those above it: predictors -> batching -> variants (the registry) -> engine -> loading."""
+Layers, each importing only those above it: predictors -> padding (batching) -> variants (the registry) -> engine -> loading."""
 
 from toolkit.inference.engine import SINGLE, Engine, Served
 from toolkit.inference.loading import EngineSpec, load_engine

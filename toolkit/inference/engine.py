@@ -48,7 +48,7 @@ class Engine:
             raise EngineError(f"--default-adapter '{self.default}' is not among the adapters {list(models)}")
 
     @classmethod
-    def single(cls, predictor: Predictor, tokenizer, qa: QAConfig, settings: BatchSettings | None = None,
+    def single(cls, predictor: Predictor, tokenizer, qa: QAConfig, *, settings: BatchSettings | None = None,
                source: dict | None = None) -> "Engine":
         return cls({SINGLE: Served(predictor, qa, source or {})}, tokenizer, settings)
 
@@ -140,7 +140,7 @@ class Engine:
                                    "see --max-context-tokens)")
         return problems
 
-    def answer_each(self, questions: list[str], contexts: list[str], adapter: str | None = None,
+    def answer_each(self, questions: list[str], contexts: list[str], *, adapter: str | None = None,
                     watch: Stopwatch | None = None, options: AnswerOptions = DEFAULT_OPTIONS,
                     max_context_tokens: int | None = None) -> list[Answer | OptionError]:
         """One result per question, in order: its Answer, or the OptionError saying why its size cannot be
@@ -160,7 +160,7 @@ class Engine:
             results[i] = a
         return results
 
-    def answer(self, questions: list[str] | str, contexts: list[str] | str, adapter: str | None = None,
+    def answer(self, questions: list[str] | str, contexts: list[str] | str, *, adapter: str | None = None,
                watch: Stopwatch | None = None, options: AnswerOptions = DEFAULT_OPTIONS) -> list[Answer] | Answer:
         """One answer per question, in order, with its best span, probabilities and no-answer decision; one
         Answer for one question and context given as strings. options: top_k, max_answer_len, ... (AnswerOptions).
@@ -169,8 +169,8 @@ class Engine:
         if isinstance(questions, str) != isinstance(contexts, str):
             raise TypeError("give questions and contexts both as strings or both as lists of strings")
         if isinstance(questions, str):
-            return self.answer([questions], [contexts], adapter, watch, options)[0]
-        results = self.answer_each(questions, contexts, adapter, watch, options)
+            return self.answer([questions], [contexts], adapter=adapter, watch=watch, options=options)[0]
+        results = self.answer_each(questions, contexts, adapter=adapter, watch=watch, options=options)
         failed = next((i for i, r in enumerate(results) if isinstance(r, OptionError)), None)
         if failed is not None:
             raise OptionError(f"question {failed}: {results[failed]}")

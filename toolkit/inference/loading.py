@@ -136,7 +136,7 @@ def _onnx_model(spec: EngineSpec, model_dir: Path, device: str, settings: BatchS
     chosen = variant(spec.variant or default_variant(qa, device), among=EXPORTED)
     predictor = chosen.predictor(model_dir, device, spec.threads, spec.spinning)
     settings = chosen.batch_settings(device, spec.batch_size, spec.max_batch_tokens)
-    return Engine.single(predictor, load_tokenizer(str(model_dir)), qa, settings, source)
+    return Engine.single(predictor, load_tokenizer(str(model_dir)), qa, settings=settings, source=source)
 
 
 def _torch_model(spec: EngineSpec, model_dir: Path, device: str, settings: BatchSettings, source: dict) -> Engine:
@@ -145,7 +145,8 @@ def _torch_model(spec: EngineSpec, model_dir: Path, device: str, settings: Batch
     chosen = variant(spec.variant or "torch-fp32", among=TORCH_VARIANTS)
     _set_torch_threads(spec.threads)
     predictor = chosen.predictor(model_dir, device)
-    return Engine.single(predictor, load_tokenizer(str(model_dir)), QAConfig.load(model_dir), settings, source)
+    return Engine.single(predictor, load_tokenizer(str(model_dir)), QAConfig.load(model_dir), settings=settings,
+                         source=source)
 
 
 def runs_on_onnxruntime(spec: EngineSpec) -> bool:

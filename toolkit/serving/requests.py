@@ -139,7 +139,7 @@ def error_row(q: Query) -> dict:
     return {"id": q.id, "line": q.line, "error": q.error.message, "error_kind": q.error.kind}
 
 
-def answer_checked(engine: Engine, queries: list[Query], max_context_tokens: int = MAX_CONTEXT_TOKENS,
+def answer_checked(engine: Engine, queries: list[Query], *, max_context_tokens: int = MAX_CONTEXT_TOKENS,
                    watch: Stopwatch | None = None) -> dict[int, Answer]:
     """line -> Answer for every query that passes its checks (adapter, options, and the engine's token bounds);
     the others get their error set. Each adapter's queries are answered together, never in a batch with another's, and so are
@@ -155,8 +155,8 @@ def answer_checked(engine: Engine, queries: list[Query], max_context_tokens: int
                 for q in group:
                     q.fail("invalid", str(e))
                 continue
-        results = engine.answer_each([q.question for q in group], [q.context for q in group], adapter, watch,
-                                     options, max_context_tokens)
+        results = engine.answer_each([q.question for q in group], [q.context for q in group], adapter=adapter,
+                                     watch=watch, options=options, max_context_tokens=max_context_tokens)
         for q, result in zip(group, results):
             if isinstance(result, OptionError):
                 q.fail("too_long", str(result))
@@ -168,7 +168,7 @@ def answer_checked(engine: Engine, queries: list[Query], max_context_tokens: int
 def answer_queries(engine: Engine, queries: list[Query], max_context_tokens: int = MAX_CONTEXT_TOKENS,
                    watch: Stopwatch | None = None) -> list[dict]:
     """One row per query, in order: its answer, or its error."""
-    answers = answer_checked(engine, queries, max_context_tokens, watch)
+    answers = answer_checked(engine, queries, max_context_tokens=max_context_tokens, watch=watch)
     named = bool(engine.adapters)
     return [error_row(q) if q.error is not None
             else answer_row(q, answers[q.line], (q.adapter or engine.default) if named else None) for q in queries]

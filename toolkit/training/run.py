@@ -86,8 +86,10 @@ def load_data(cfg: TrainConfig, tokenizer) -> RunData:
         if data_mod.parse_spec(spec)[0] == "squad-v1.1-dev":
             raise TrainError("refusing to train on squad-v1.1-dev: its questions reappear in SQuAD 2.0 dev")
     cache = Path(cfg.cache_dir) if cfg.cache_dir else data_mod.default_cache_dir()
-    train_examples, train_reports = data_mod.load_examples(cfg.train_files, cache, cfg.seed, cfg.train_samples, "train")
-    eval_examples, eval_reports = data_mod.load_examples([cfg.eval_file], cache, cfg.seed, cfg.eval_samples, "validation")
+    train_examples, train_reports = data_mod.load_examples(cfg.train_files, cache_dir=cache, seed=cfg.seed,
+                                                           limit=cfg.train_samples, default_split="train")
+    eval_examples, eval_reports = data_mod.load_examples([cfg.eval_file], cache_dir=cache, seed=cfg.seed,
+                                                         limit=cfg.eval_samples, default_split="validation")
     overlap = {e.id for e in train_examples} & {e.id for e in eval_examples}
     if overlap:
         raise TrainError(f"{len(overlap)} question(s) are in both the training and the eval data, "
