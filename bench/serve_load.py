@@ -5,7 +5,7 @@ invariance (each question alone vs under load, for the server's variant and for 
 loop at 2x the measured capacity) and a fuzz of hostile requests.
 
     python bench/serve_load.py --export models/minilm-squad2-lora/export-ov [--questions 1000] [--rounds 3]
-        [--levels 1,4,16,64] [--overload-seconds 60] [--fuzz 5000] [--name serve-load-cpu]
+        [--levels 1,4,16,64] [--overload-seconds 60] [--fuzz 5000] [--only-sweep] [--name serve-load-cpu]
 
 Every server is a separate process (`python -m toolkit.cli serve`, or uvicorn for the naive peer) at --threads;
 the load generator is one asyncio process with a lean keep-alive HTTP/1.1 client. Writes
@@ -159,11 +159,19 @@ async def closed_loop(url: str, examples, concurrency: int) -> dict:
             "p99_ms": 1000 * q[98], "statuses": statuses, "answers": answers}
 
 
+STAGES = ("checks", "tokenise", "infer", "postprocess")
+
+
 def engine_counters(url: str) -> dict[str, float]:
-    """The server's own engine-call tallies from /metrics: calls, seconds in them, questions answered."""
+    """The server's own engine-call tallies from /metrics: calls, seconds in them (and in each of their stages),
+    questions answered."""
     wanted = ("qa_batch_seconds_count", "qa_batch_seconds_sum", "qa_batch_questions_sum")
     lines = httpx.get(url + "/metrics", timeout=10).text.splitlines()
-    return {name: value for name, value in (line.split() for line in lines if line.startswith(wanted))}
+    counters = {name: float(value) for name, value in (line.split() for line in lines if line.startswith(wanted))}
+    for line in lines:
+        if line.startswith("qa_engine_stage_seconds_total{"):
+            counters[line.split('"')[1]] = float(line.split()[-1])
+    return counters
 
 
 def sweep(url: str, examples, levels) -> list[dict]:
@@ -174,10 +182,12 @@ def sweep(url: str, examples, levels) -> list[dict]:
     for c in levels:
         before = engine_counters(url)
         row = asyncio.run(closed_loop(url, examples, c))
-        after = {k: float(v) - float(before[k]) for k, v in engine_counters(url).items()}
+        after = {k: v - before.get(k, 0.0) for k, v in engine_counters(url).items()}
         calls = after["qa_batch_seconds_count"]
         rows.append({**row, "questions_per_engine_call": after["qa_batch_questions_sum"] / calls,
-                     "engine_call_mean_ms": 1000 * after["qa_batch_seconds_sum"] / calls})
+                     "engine_call_mean_ms": 1000 * after["qa_batch_seconds_sum"] / calls,
+                     "engine_busy_share": after["qa_batch_seconds_sum"] / row["seconds"],
+                     "stage_share": {stage: after.get(stage, 0.0) / row["seconds"] for stage in STAGES}})
     return rows
 
 
@@ -328,7 +338,9 @@ def summarise_rounds(rounds: list[dict]) -> dict:
                              "p50_over_engine_ms": med(over), "statuses": first["statuses"],
                              "questions_per_engine_call": med(row["questions_per_engine_call"] for row in rows),
                              "mean_ms": med(row["mean_ms"] for row in rows),
-                             "engine_call_mean_ms": med(row["engine_call_mean_ms"] for row in rows)})
+                             "engine_call_mean_ms": med(row["engine_call_mean_ms"] for row in rows),
+                             "engine_busy_share": med(row["engine_busy_share"] for row in rows),
+                             "stage_share": {stage: med(row["stage_share"][stage] for row in rows) for stage in STAGES}})
     return out
 
 
@@ -343,6 +355,8 @@ def main() -> None:
     parser.add_argument("--overload-seconds", type=float, default=60)
     parser.add_argument("--fuzz", type=int, default=5000)
     parser.add_argument("--timeout", type=float, default=30.0, help="the server's --timeout (request deadline)")
+    parser.add_argument("--only-sweep", action="store_true",
+                        help="only: the rounds of serve-batch, the engine alone and the sweep, with the breakdown")
     parser.add_argument("--only-overload", action="store_true",
                         help="only: capacity at concurrency 16, then the open loop at 2x it (deadline admission)")
     parser.add_argument("--name", default="serve-load-cpu")
@@ -350,7 +364,8 @@ def main() -> None:
     args = parser.parse_args()
     onnx_dir, work = Path(args.export) / "onnx", Path(args.export) / "serve-load"
     work.mkdir(parents=True, exist_ok=True)
-    examples, _ = data.load_examples([args.source], data.default_cache_dir(), 42, args.questions, "validation")
+    examples, _ = data.load_examples([args.source], cache_dir=data.default_cache_dir(), seed=42,
+                                     limit=args.questions, default_split="validation")
     from toolkit.inference import EngineSpec
 
     variant = server_variant(EngineSpec(model=str(onnx_dir)))
@@ -379,6 +394,11 @@ def main() -> None:
     offline = {row["id"]: row for row in map(json.loads, (work / "answers.jsonl").read_text().splitlines())}
     results["same_as_serve_batch"] = sum(offline[q]["best_span"] == a["best_span"]
                                          and offline[q]["no_answer"] == a["no_answer"] for q, a in expected.items())
+    if args.only_sweep:
+        results["sigterm_exit_code"] = ours.stop()
+        write_results(args.results_dir, results, markdown(results))
+        print(markdown(results))
+        return
     capacity = max(r["questions_per_second"] for r in results["sweep"])
     print(f"overload: open loop at {2 * capacity:.0f} q/s for {args.overload_seconds:g} s", flush=True)
     results["overload"] = asyncio.run(open_loop(ours, examples, 2 * capacity, args.overload_seconds, expected))
@@ -438,8 +458,6 @@ def overload_only(serve: list[str], examples, args, results: dict) -> None:
 
 def markdown(r: dict) -> str:
     ceiling = r["serve_batch"]["questions_per_second"]
-    peers = iter(r["peers"].items())
-    naive_name, naive = next(peers)
     lines = [f"# qa-toolkit serve under load ({r['date']})", "", machine_line(r) + f" Variant {r['variant']}, "
              f"{r['questions']} questions ({r['source']}), {r['rounds']} rounds (each: serve-batch, the engine alone, "
              f"then the sweep; medians, ratios within a round). Engine alone, one question at a time: "
@@ -456,10 +474,19 @@ def markdown(r: dict) -> str:
         lines.append(f"| qa-toolkit serve | {row['concurrency']} | {row['questions_per_second']:.1f} | "
                      f"{row['x_serve_batch']:.2f} ({per_round}) | {row['questions_per_engine_call']:.1f} | {row['p50_ms']:.1f} | "
                      f"{row['p50_over_engine_ms']:+.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} | {row['statuses']} |")
-    for name, row in r["peers"].items():
+    for name, row in r.get("peers", {}).items():
         lines.append(f"| peer: {name} | {row['concurrency']} | {row['questions_per_second']:.1f} | "
                      f"{row['questions_per_second'] / ceiling:.2f} | | {row['p50_ms']:.1f} | | {row['p95_ms']:.1f} | "
                      f"{row['p99_ms']:.1f} | {row['statuses']} |")
+    lines += ["", "Where the server's seconds go at each concurrency (share of the wall time, medians over rounds): "
+              "the inference thread's engine calls by stage, and the rest, when the engine waits for its next batch "
+              "(HTTP, JSON, the event loop, the clients' round trips).", "",
+              "| concurrency | " + " | ".join(STAGES) + " | engine busy | engine waiting |",
+              "|---|" + "---|" * (len(STAGES) + 2)]
+    for row in r["sweep"]:
+        lines.append(f"| {row['concurrency']} | " + " | ".join(f"{100 * row['stage_share'][stage]:.1f} %"
+                                                               for stage in STAGES)
+                     + f" | {100 * row['engine_busy_share']:.1f} % | {100 * (1 - row['engine_busy_share']):.1f} % |")
     one = r["sweep"][0]
     if one["concurrency"] == 1:
         lines += ["", f"At concurrency 1 a request takes {one['mean_ms']:.1f} ms on average, of which the server's engine "
@@ -467,6 +494,9 @@ def markdown(r: dict) -> str:
                   f"{one['mean_ms'] - one['engine_call_mean_ms']:.1f} ms (medians over rounds). The engine alone in the "
                   f"load generator's process, one question at a time: {r['engine_single_question_mean_ms']:.1f} ms on "
                   f"average."]
+    if "overload" not in r:  # --only-sweep
+        return "\n".join(lines) + "\n"
+    naive_name, naive = next(iter(r["peers"].items()))
     per_pair = ", ".join(f"{x:.2f}" for x in naive["ours_over_peer_per_round"])
     lines += ["", f"Ours over the {naive_name} peer, each pair back to back on its {naive['questions']} questions at "
               f"concurrency {naive['concurrency']}: {naive['ours_over_peer']:.2f}x (per pair {per_pair}; ours "

@@ -192,6 +192,12 @@ def test_concurrent_requests_are_batched_together_and_answered_alike(tokenizer):
         client.get("/")  # the page: counted apart from the API
         assert 'qa_requests_total{adapter="-",method="GET",path="/",status="200"} 1.0' in client.get("/metrics").text
         assert "qa_batch_questions_bucket" in metrics and "qa_windows_total" in metrics
+        stages = {line.split('"')[1]: float(line.split()[-1]) for line in metrics.splitlines()
+                  if line.startswith("qa_engine_stage_seconds_total{")}
+        assert {"checks", "tokenise", "infer", "postprocess"} <= set(stages) and stages["infer"] > 0
+        total = next(float(line.split()[-1]) for line in metrics.splitlines()
+                     if line.startswith("qa_inference_seconds_total "))
+        assert sum(stages.values()) <= total  # the stages are parts of the engine calls
         assert "qa_queue_questions" in metrics and "qa_request_seconds_bucket" in metrics
 
 

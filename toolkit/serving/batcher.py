@@ -62,6 +62,7 @@ class BatchRecord:
     windows: int
     seconds: float
     adapters: list[str]
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage of the call (checks, tokenise, infer, ...)
 
 
 class Batcher:
@@ -206,9 +207,10 @@ class Batcher:
                 owners.append((i, q))
         watch = Stopwatch()
         started = time.perf_counter()
-        answers = answer_checked(self.engine, numbered, self.cfg.max_context_tokens, watch)
+        answers = answer_checked(self.engine, numbered, max_context_tokens=self.cfg.max_context_tokens, watch=watch)
         record = BatchRecord(questions=len(numbered), windows=watch.windows, seconds=time.perf_counter() - started,
-                             adapters=sorted({self.engine.resolve(q.adapter) for q in numbered if q.error is None}))
+                             adapters=sorted({self.engine.resolve(q.adapter) for q in numbered if q.error is None}),
+                             stages=dict(watch.seconds))
         latest = record.seconds / max(record.questions, 1)
         self.seconds_per_question = latest if self.seconds_per_question is None else (
             RATE_WEIGHT * latest + (1 - RATE_WEIGHT) * self.seconds_per_question)

@@ -25,6 +25,8 @@ class ServerMetrics:
         self.windows = Counter("qa_windows_total", "Token windows inferred (windows/s: its rate)", registry=self.registry)
         self.inference_seconds = Counter("qa_inference_seconds_total", "Seconds spent in engine calls",
                                          registry=self.registry)
+        self.stage_seconds = Counter("qa_engine_stage_seconds_total", "Seconds spent in engine calls by stage: "
+                                     "checks, tokenise, infer, postprocess", ["stage"], registry=self.registry)
         self.shed = Counter("qa_shed_total", "Requests refused at once (503): they could not be answered by their "
                             "deadline at the measured rate, or the queue was full", registry=self.registry)
         self.queue_depth = Gauge("qa_queue_questions", "Questions waiting for a batch", registry=self.registry)
@@ -45,6 +47,8 @@ class ServerMetrics:
         self.batch_seconds.observe(record.seconds)
         self.inference_seconds.inc(record.seconds)
         self.windows.inc(record.windows)
+        for stage, seconds in record.stages.items():
+            self.stage_seconds.labels(stage).inc(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
