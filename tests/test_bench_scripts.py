@@ -59,6 +59,20 @@ def test_batch_shapes_runs(export_copy, eval_file, tmp_path):
     assert results_of(tmp_path, "t")
 
 
+def test_serve_load_sweep_says_where_the_servers_seconds_go(export_copy, eval_file, tmp_path):
+    done = run_script("serve_load.py", "--export", str(export_copy), "--source", str(eval_file), "--questions", "8",
+                      "--threads", "1", "--levels", "1,4", "--rounds", "1", "--only-sweep", "--results-dir",
+                      str(tmp_path), "--name", "t")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = results_of(tmp_path, "t")
+    assert [row["concurrency"] for row in results["sweep"]] == [1, 4] and results["same_as_serve_batch"] == 8
+    for row in results["sweep"]:
+        stages = row["stage_share"]
+        assert set(stages) == {"checks", "tokenise", "infer", "postprocess"} and stages["infer"] > 0
+        assert sum(stages.values()) <= row["engine_busy_share"] <= 1  # the stages are parts of the engine calls
+    assert "engine waiting" in (tmp_path / "t" / "results.md").read_text()
+
+
 def test_serve_load_overload_runs_and_sheds_nothing_it_accepted_late(export_copy, eval_file, tmp_path):
     done = run_script("serve_load.py", "--export", str(export_copy), "--source", str(eval_file), "--questions", "8",
                       "--threads", "1", "--only-overload", "--overload-seconds", "2", "--timeout", "2",
@@ -117,7 +131,31 @@ def test_gate_noise_gates_each_variant_on_disjoint_samples(export_copy, eval_fil
     for split in results["results"]:
         fp32 = split["fp32"]  # the plain graph answers as PyTorch does: no change, a zero interval, decided
         assert fp32["verdict"] == "pass" and fp32["delta_f1"] == 0 and fp32["intervals"]["delta_f1"] == [0.0, 0.0]
-        assert fp32["undecided"] == {} and split["int8"]["verdict"] in ("pass", "fail")
+        assert fp32["undecided"] == {} and split["int8"]["verdict"] in ("pass", "fail", "undecided")
     too_many = run_script("gate_noise.py", "--export", str(export_copy), "--variants", "fp32", "--source",
                           str(eval_file), "--samples", "100", "--splits", "2", "--results-dir", str(tmp_path))
     assert too_many.returncode != 0 and "fewer than 2 x 100" in too_many.stderr
+
+
+def test_int8_sensitivity_ranks_every_quantised_node_then_gates_on_tune_and_held_out_halves(export_copy, eval_file,
+                                                                                            tmp_path):
+    import onnx
+
+    from toolkit.exporting.variants import QUANTIZED_OPS
+
+    done = run_script("int8_sensitivity.py", "--export", str(export_copy), "--tune", str(eval_file), "--check",
+                      str(eval_file), "--keep", "0,2", "--rank-questions", "4", "--results-dir", str(tmp_path),
+                      "--name", "t")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = results_of(tmp_path, "t")
+    graph = onnx.load(str(export_copy / "onnx" / "model_optimized.onnx"), load_external_data=False).graph
+    assert sorted(row["node"] for row in results["ranking"]) == sorted(
+        node.name for node in graph.node if node.op_type in QUANTIZED_OPS)
+    errors = [row["error"] for row in results["ranking"]]
+    assert errors == sorted(errors) and results["all_quantised_error"] > 0
+    assert [(g["keep"], g["set"]) for g in results["gates"][:2]] == [(0, "tune"), (2, "tune")]
+    held = {(g["keep"], g["set"]) for g in results["gates"][2:]}
+    assert held == {(k, f"held-out half {n}") for k in {0, results["chosen"]} for n in (1, 2)}
+    assert results["kept"] == [row["node"] for row in results["ranking"][:results["chosen"]]]
+    assert all(g["verdict"] in ("pass", "fail", "undecided") for g in results["gates"])
+    assert not (tmp_path / "t" / "work").exists()  # the candidate models are removed

@@ -6,16 +6,19 @@ from pathlib import Path
 
 from toolkit.inference.variants import VARIANTS
 
+QUANTIZED_OPS = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization")  # what the int8 variants quantise
 
-def quantize_int8(source: Path, target: Path, signed_weights: bool) -> None:
+
+def quantize_int8(source: Path, target: Path, *, signed_weights: bool, keep_fp32: tuple[str, ...] = ()) -> None:
     """ONNX Runtime's dynamic int8 quantisation of a fused graph (Attention -> QAttention, MatMul ->
     DynamicQuantizeMatMul, embeddings included), symmetric weights per channel, u8 activations; weights s8
-    (U8S8: the VNNI kernels) or u8 (U8U8: immune to the saturation of AVX2's VPMADDUBSW)."""
+    (U8S8: the VNNI kernels) or u8 (U8U8: immune to the saturation of AVX2's VPMADDUBSW); the nodes named in
+    keep_fp32 stay as they are."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(source, target, per_channel=True, weight_type=QuantType.QInt8 if signed_weights else QuantType.QUInt8,
-                     op_types_to_quantize=["MatMul", "Attention", "Gather", "EmbedLayerNormalization"],
+                     op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=list(keep_fp32),
                      extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
                                     # the fused contrib ops defeat ONNX shape inference: their outputs are float
                                     "DefaultTensorType": onnx.TensorProto.FLOAT})
