@@ -89,7 +89,8 @@ def source_model(cfg: ExportConfig):
 
 
 def merge_checked(model, tokenizer, qa, examples, features, cfg: ExportConfig, work: Path, log):
-    """The merged model, saved under work/merged, after checking it answers like the adapter model."""
+    """(the merged model, saved under work/merged, after checking it answers like the adapter model; the largest
+    logit difference; the merged model's run on the features, which is PyTorch's reference)."""
     contexts = [e.context for e in examples]
     before = Engine.single(TorchPredictor(model), tokenizer, qa).run(contexts, features)
     model = model.merge_and_unload()
@@ -105,7 +106,7 @@ def merge_checked(model, tokenizer, qa, examples, features, cfg: ExportConfig, w
     model.save_pretrained(merged_dir)
     tokenizer.save_pretrained(merged_dir)
     qa.save(merged_dir)
-    return model, diff
+    return model, diff, after
 
 
 def to_onnx(model, tokenizer, cfg: ExportConfig, onnx_dir: Path, calibration, log) -> dict[str, str]:
@@ -178,11 +179,12 @@ def export(cfg: ExportConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
                 "parity_set": {"spec": spec, "questions": len(examples), "windows": len(features)},
                 "calibration_set": {"spec": calibration_spec, "windows": len(windows)}}
     with building(out) as work:
+        merged_run = None
         if cfg.merge:
-            model, manifest["merge_max_abs_logit_diff"] = merge_checked(model, tokenizer, qa, examples, features,
-                                                                        cfg, work, log)
+            model, manifest["merge_max_abs_logit_diff"], merged_run = merge_checked(model, tokenizer, qa, examples,
+                                                                                    features, cfg, work, log)
         reference = reference_run(Engine.single(TorchPredictor(model), tokenizer, qa, settings=BatchSettings()),
-                                  examples, features)
+                                  examples, features, run=merged_run)
         manifest["torch"] = {**reference["scores"], "forced_exact": reference["forced"]["exact"],
                              "forced_f1": reference["forced"]["f1"]}
         onnx_dir = work / "onnx"

@@ -52,9 +52,10 @@ def questions_to_decide(differences: np.ndarray, *, max_drop: float,
     return 0 if margin == 0 else math.ceil((1.96 * differences.std(ddof=1) / margin) ** 2)
 
 
-def reference_run(engine: Engine, examples, features) -> dict:
-    """The PyTorch answers and logits every exported variant is compared with."""
-    answers, start, end = engine.run([e.context for e in examples], features)
+def reference_run(engine: Engine, examples, features, *, run: tuple | None = None) -> dict:
+    """The PyTorch answers and logits every exported variant is compared with; run: engine.run's result on these
+    features when it is already at hand (the merge check's)."""
+    answers, start, end = run or engine.run([e.context for e in examples], features)
     refs = data_mod.references(examples)
     return {"answers": answers, "start": start, "end": end,
             "scores": squad_scores({e.id: a.text for e, a in zip(examples, answers)}, refs),
