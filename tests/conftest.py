@@ -205,7 +205,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: needs trained/exported models, a browser, Ray or subprocesses")
 
 
+# `make test` runs the files on pytest-xdist workers (--dist loadgroup), a file per group, except that the files
+# that start Ray share one group: two Ray clusters started at once on one machine kill each other's actors. The
+# longest files go first, so that the last one to start is not the one every other worker waits for.
+RAY_MODULES = {"test_serve_ray", "test_server_ray"}
+LONGEST_FIRST = ("test_docs", "test_bench", "test_train_ddp", "test_serve", "test_gpu_payload", "test_bench_scripts")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__.split(".")[-1] in SLOW_MODULES:
+        module = item.module.__name__.split(".")[-1]
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or module in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+        item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_MODULES else module))
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.split(".")[-1], len(rank)))

