@@ -19,7 +19,7 @@ from tests.conftest import fixture_lines, reranked_export, write_jsonl
 from tests.fakes import NullWins, Peak, Spread, free_port, uvicorn_thread
 from toolkit import load
 from toolkit.config import QAConfig
-from toolkit.inference import Engine, Served
+from toolkit.inference import Engine, EngineError, Served
 from toolkit.inference.loading import server_variant
 from toolkit.options import AnswerOptions
 from toolkit.serving.app import ServerConfig, create_app
@@ -343,6 +343,25 @@ def test_the_server_engine_does_not_spin_wait(exported_bert):
     batch = load_engine(EngineSpec(model=str(exported_bert / "onnx"))).served().predictor.session
     with pytest.raises(RuntimeError, match="does not have configuration"):  # serve-batch keeps the spinning default
         batch.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_the_server_engine_batches_windows_by_their_own_length(exported_bert, tokenizer):
+    """A server call holds the few questions that arrived together: their windows are padded to a multiple of 16
+    tokens and batched by length, not padded to the call's longest (serve-batch sorts whole chunks instead)."""
+    from toolkit.inference import EngineSpec, load_engine
+    from toolkit.inference.loading import SERVER_BUCKET, server_spec
+
+    served = load_engine(server_spec(EngineSpec(model=str(exported_bert / "onnx"))))
+    assert served.settings.bucket == SERVER_BUCKET
+    assert load_engine(EngineSpec(model=str(exported_bert / "onnx"))).settings.bucket is None
+    assert load_engine(server_spec(EngineSpec(model=str(exported_bert / "onnx"), bucket=32))).settings.bucket == 32
+    with pytest.raises(EngineError, match="bucket must be at least 1"):
+        load_engine(EngineSpec(model=str(exported_bert / "onnx"), bucket=0))
+    questions = ["Who keeps the lighthouse?", "When was it built, and by whom, and for which harbour?"]
+    context = "The lighthouse was built in 1802 by the harbour guild, and Ada keeps it."
+    alone = [served.answer([q], [context])[0] for q in questions]
+    together = served.answer(questions, [context] * 2)
+    assert [(a.text, a.no_answer) for a in alone] == [(a.text, a.no_answer) for a in together]
 
 
 def test_python_api_takes_strings_options_and_refuses_empty_questions(tokenizer):
