@@ -148,7 +148,7 @@ def main() -> None:
                "all_quantised_error": ranking[0]["error"] + ranking[0]["removed"],
                "ranking_seconds": time.perf_counter() - started, "gates": []}
     models, tune_run = {}, against_torch(loaded, tune)
-    for keep in (int(k) for k in args.keep.split(",")):
+    for keep in sorted({0, *(int(k) for k in args.keep.split(","))}):  # k=0 too: the held-out halves compare with it
         models[keep] = work / f"keep{keep}.onnx"
         quantize_int8(fused, models[keep], signed_weights=True, keep_fp32=tuple(row["node"] for row in ranking[:keep]))
         results["gates"].append({"keep": keep, "set": "tune", **gated(models[keep], loaded, tune, tune_run,

@@ -203,6 +203,7 @@ SLOW_MODULES = {"test_api", "test_bench", "test_export", "test_openvino", "test_
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: needs trained/exported models, a browser, Ray or subprocesses")
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group's tests on one worker")
 
 
 # `make test` runs the files on pytest-xdist workers (--dist loadgroup), a file per group, except that the files

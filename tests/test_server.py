@@ -355,8 +355,12 @@ def test_the_server_engine_batches_windows_by_their_own_length(exported_bert, to
     assert served.settings.bucket == SERVER_BUCKET
     assert load_engine(EngineSpec(model=str(exported_bert / "onnx"))).settings.bucket is None
     assert load_engine(server_spec(EngineSpec(model=str(exported_bert / "onnx"), bucket=32))).settings.bucket == 32
-    with pytest.raises(EngineError, match="bucket must be at least 1"):
-        load_engine(EngineSpec(model=str(exported_bert / "onnx"), bucket=0))
+    torch = load_engine(server_spec(EngineSpec(model=str(exported_bert / "merged"), engine="torch", device="cpu")))
+    assert torch.settings.bucket == SERVER_BUCKET  # every engine the server builds, not only ONNX Runtime's
+    for spec in (EngineSpec(model=str(exported_bert / "onnx"), bucket=0),
+                 server_spec(EngineSpec(model=str(exported_bert / "onnx"), bucket=0))):
+        with pytest.raises(EngineError, match="bucket must be at least 1"):
+            load_engine(spec)
     questions = ["Who keeps the lighthouse?", "When was it built, and by whom, and for which harbour?"]
     context = "The lighthouse was built in 1802 by the harbour guild, and Ada keeps it."
     alone = [served.answer([q], [context])[0] for q in questions]

@@ -230,7 +230,7 @@ def export(merge, adapter, model, adapters, default_adapter, output_dir, variant
                        calibration_samples=calibration_samples, eval_samples=eval_samples, max_drop=max_drop,
                        overwrite=overwrite)
     manifest = run(cfg)
-    table = {name: {k: v[k] for k in ("passed", "size_bytes", "max_abs_logit_diff", "answer_agreement",
+    table = {name: {k: v[k] for k in ("verdict", "passed", "size_bytes", "max_abs_logit_diff", "answer_agreement",
                                       "span_agreement", "delta_exact", "delta_f1", "forced_delta_exact", "forced_delta_f1",
                                       "questions_per_second") if k in v} | ({"reason": v["reason"]} if "reason" in v else {})
              for name, v in manifest["variants"].items()}

@@ -161,8 +161,8 @@ def check_variants(cfg: ExportConfig, onnx_dir: Path, skipped: dict, reference: 
             result["reason"] = reason
         log(describe(name, result))
         variants[name] = result
-    if not variants["fp32"]["passed"]:
-        raise ExportError(f"the plain fp32 ONNX model does not match PyTorch: {variants['fp32']}")
+    if variants["fp32"]["verdict"] == "fail":  # undecided on a small parity set is no reason to stop the export
+        raise ExportError(f"the plain fp32 ONNX model does not answer like PyTorch: {variants['fp32']['reason']}")
     return variants
 
 

@@ -35,8 +35,8 @@ class EngineSpec:
     threads: int | None = None  # intra-op threads; None: physical cores
     no_answer_threshold: float | None = None  # None: each model's tuned threshold
     spinning: bool = True  # ONNX Runtime threads spin-wait between ops; off for the server (measured faster there)
-    bucket: int | None = None  # pad each window to a multiple of this many tokens and batch equal lengths only (the
-    # server: a call of a few questions otherwise pads them to its longest; None: the variant's own batching)
+    bucket: int | None = None  # pad each window to a multiple of this many tokens and batch equal lengths only, in
+    # every engine (the server: a call of a few questions otherwise pads them to its longest); None: the default
 
     def check(self) -> None:
         if (self.model is None) == (self.adapters is None):
@@ -60,6 +60,8 @@ def load_engine(spec: EngineSpec) -> Engine:
         engine = _torch_adapters(spec, device, settings)
     else:
         engine = _model_dir(spec, Path(spec.model), device, settings)
+    if spec.bucket is not None:  # whatever the engine: the padding is the engine's, not the runtime's
+        engine.settings = dataclasses.replace(engine.settings, bucket=spec.bucket)
     return engine.with_threshold(spec.no_answer_threshold)
 
 
@@ -138,8 +140,6 @@ def _onnx_model(spec: EngineSpec, model_dir: Path, device: str, settings: BatchS
     chosen = variant(spec.variant or default_variant(qa, device), among=EXPORTED)
     predictor = chosen.predictor(model_dir, device, spec.threads, spec.spinning)
     settings = chosen.batch_settings(device, spec.batch_size, spec.max_batch_tokens)
-    if spec.bucket and settings.bucket is None:
-        settings = dataclasses.replace(settings, bucket=spec.bucket)
     return Engine.single(predictor, load_tokenizer(str(model_dir)), qa, settings=settings, source=source)
 
 
@@ -201,4 +201,5 @@ def server_spec(spec: EngineSpec) -> EngineSpec:
     (the event loop shares their cores; bench/results/serve-load-*), and windows batched by their own length: a
     call holds the few questions that arrived together, and padding them all to the longest cost a quarter of
     the engine's speed at 16 questions per call (bench/results/serve-sweep-*)."""
-    return dataclasses.replace(spec, variant=server_variant(spec), spinning=False, bucket=spec.bucket or SERVER_BUCKET)
+    return dataclasses.replace(spec, variant=server_variant(spec), spinning=False,
+                               bucket=SERVER_BUCKET if spec.bucket is None else spec.bucket)
